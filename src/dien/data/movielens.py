@@ -1,0 +1,318 @@
+"""MovieLens ratings -> a prepared dataset of click-through-rate samples.
+
+Protocol (the DIEN paper's Amazon protocol, with a split by time instead of by user):
+
+1. Every rating is a behaviour, a "click". A rating of a movie missing from ``movies.csv`` is
+   dropped and counted in ``counts["filtered"]["rating_movie_not_in_movies_csv"]``.
+2. Each user's ratings are sorted by timestamp, ties broken by movieId, so the order is
+   deterministic.
+3. Each event with at least ``min_history`` earlier events of the same user gives two
+   samples: a positive (target = the rated movie, label 1) and a negative (label 0) with the
+   same user, history and timestamp, whose target is another movie drawn by rating frequency
+   (see 5). The history is every earlier event of the user, oldest first, stored in full.
+   Events with fewer earlier events give no sample (they still appear in later histories) and
+   are counted in ``counts["filtered"]["event_below_min_history"]``.
+4. Split by time with global cut-offs over the sample events' timestamps: the last
+   ``test_fraction`` of events is the test split, the ``valid_fraction`` before it the
+   validation split, the rest training. Events sharing the cut-off timestamp all go to the
+   later split, so every training event is strictly earlier than every validation event, and
+   every validation event strictly earlier than every test event: no split sees its future in
+   training. The cut-offs are in ``counts["time_cutoffs"]`` (``null`` when a split is empty).
+5. Negative targets are drawn from the rating frequency of the split's own sample events
+   (a uniformly drawn event of that split, redrawn while it is the positive's movie). For the
+   training split this keeps every movie it mentions inside the training period; the paper
+   draws from the frequency of all reviews.
+6. Category = the movie's first listed genre; ``(no genres listed)`` is a category itself.
+7. Vocabularies (users, items, categories) come from the training split only: the users of
+   training samples, and the movies and categories of the events training samples mention
+   (targets and histories). Ids go by descending frequency, ties by raw id; id 0 is
+   ``<unk>``. ``item_frequency`` counts each item's events mentioned by the training split.
+   Validation and test samples legitimately hold earlier events in their histories; every
+   user, movie or category unseen in training maps to id 0, counted per split in
+   ``counts["unknown"]`` (users: samples, items: targets, hist_items: history entries,
+   categories: targets). A movie's category is mapped on its own, so an unknown movie can keep
+   a known category.
+
+``counts`` also holds the raw data's ``users``, ``items`` (rated movies), ``categories`` (first
+genres of rated movies) and ``events`` (ratings kept), and the samples per split.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from dien.data.format import (
+    DatasetError,
+    PreparedDataset,
+    SplitArrays,
+    file_sha256,
+    write_prepared,
+)
+from dien.data.vocab import build_vocab, encode, vocab_strings
+
+logger = logging.getLogger(__name__)
+
+RATINGS_HEADER = ["userId", "movieId", "rating", "timestamp"]
+MOVIES_HEADER = ["movieId", "title", "genres"]
+NO_GENRE = "(no genres listed)"
+
+
+def bundled_movielens_dir() -> Path:
+    """The MovieLens latest-small copy shipped inside the package (ratings.csv, movies.csv)."""
+    return Path(str(resources.files("dien") / "bundled" / "movielens-latest-small"))
+
+
+def _read_rows(path: Path, header: list[str]) -> tuple[list[list[str]], list[int]]:
+    """Rows after the header and their line numbers; blank lines are skipped."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        first = next(reader, None)
+        if first != header:
+            raise DatasetError(
+                f"{path}, line 1: expected the header {','.join(header)}, got {first}"
+            )
+        rows, lines = [], []
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DatasetError(
+                    f"{path}, line {reader.line_num}: expected {len(header)} fields "
+                    f"({','.join(header)}), got {len(row)}"
+                )
+            rows.append(row)
+            lines.append(reader.line_num)
+    return rows, lines
+
+
+def _parse(column: np.ndarray, dtype: type, name: str, path: Path, lines: list[int]) -> np.ndarray:
+    """Convert a text column at once; on failure find and name the first bad line."""
+    try:
+        return column.astype(dtype)
+    except ValueError:
+        for value, line in zip(column.tolist(), lines, strict=True):
+            try:
+                dtype(value)
+            except ValueError:
+                kind = "an integer" if dtype is np.int64 else "a number"
+                raise DatasetError(
+                    f"{path}, line {line}: {name} must be {kind}, got {value!r}"
+                ) from None
+        raise
+
+
+def read_ratings(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(user, movie, rating, timestamp)`` arrays of a MovieLens ``ratings.csv``."""
+    path = Path(path)
+    rows, lines = _read_rows(path, RATINGS_HEADER)
+    table = np.array(rows, dtype=str).reshape(len(rows), 4)
+    user = _parse(table[:, 0], np.int64, "userId", path, lines)
+    movie = _parse(table[:, 1], np.int64, "movieId", path, lines)
+    rating = _parse(table[:, 2], np.float64, "rating", path, lines)
+    timestamp = _parse(table[:, 3], np.int64, "timestamp", path, lines)
+    return user, movie, rating, timestamp
+
+
+def read_movies(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(movie, first_genre)`` arrays of a MovieLens ``movies.csv``, sorted by movie id."""
+    path = Path(path)
+    rows, lines = _read_rows(path, MOVIES_HEADER)
+    ids = np.array([r[0] for r in rows], dtype=str)
+    movie = _parse(ids, np.int64, "movieId", path, lines)
+    genre = np.array([r[2].split("|")[0] for r in rows], dtype=str)
+    empty = np.flatnonzero(genre == "")
+    if len(empty):
+        raise DatasetError(
+            f"{path}, line {lines[empty[0]]}: empty genres field (MovieLens writes {NO_GENRE!r})"
+        )
+    order = np.argsort(movie, kind="stable")
+    movie, genre = movie[order], genre[order]
+    twice = np.flatnonzero(movie[1:] == movie[:-1])
+    if len(twice):
+        line = lines[order[twice[0] + 1]]
+        raise DatasetError(f"{path}, line {line}: movieId {movie[twice[0]]} listed twice")
+    return movie, genre
+
+
+def _time_cutoffs(ts: np.ndarray, valid_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """First timestamp of the validation and of the test split (int64 max when empty)."""
+    never = np.iinfo(np.int64).max
+    ts = np.sort(ts)
+    n = len(ts)
+    n_test = int(round(n * test_fraction))
+    n_valid = int(round(n * valid_fraction))
+    test_from = int(ts[n - n_test]) if n_test > 0 else never
+    valid_from = int(ts[n - n_test - n_valid]) if n_valid > 0 else test_from
+    return valid_from, test_from
+
+
+def _draw_negatives(targets: np.ndarray, rng: np.random.Generator, split: str) -> np.ndarray:
+    """For each target, another movie drawn by its frequency among ``targets``."""
+    if len(targets) and np.all(targets == targets[0]):
+        raise DatasetError(f"split '{split}' holds a single movie; no negative can be drawn")
+    negatives = targets[rng.integers(0, len(targets), len(targets))]
+    clash = np.flatnonzero(negatives == targets)
+    while len(clash):
+        negatives[clash] = targets[rng.integers(0, len(targets), len(clash))]
+        clash = clash[negatives[clash] == targets[clash]]
+    return negatives
+
+
+def _ragged_histories(
+    start: np.ndarray, length: np.ndarray, values: list[np.ndarray]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Offsets and flat gathered ``values[start_i : start_i + length_i]`` for each sample i."""
+    offsets = np.zeros(len(length) + 1, np.int64)
+    np.cumsum(length, out=offsets[1:])
+    index = np.int32 if max(offsets[-1], len(values[0])) < 2**31 else np.int64  # halves memory
+    flat = np.repeat((start - offsets[:-1]).astype(index), length)
+    flat += np.arange(offsets[-1], dtype=index)
+    return offsets, [v[flat] for v in values]
+
+
+def prepare_movielens(
+    ratings_csv: str | Path,
+    movies_csv: str | Path,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    min_history: int = 1,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    command: str = "",
+) -> PreparedDataset:
+    """Prepare MovieLens ratings by the protocol in this module's docstring; open the result."""
+    if min_history < 0:
+        raise ValueError(f"min_history must be >= 0, got {min_history}")
+    if not (
+        0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1
+    ):
+        raise ValueError(
+            f"valid_fraction and test_fraction must lie in [0, 1) and sum below 1, "
+            f"got {valid_fraction} and {test_fraction}"
+        )
+    user, movie, _, ts = read_ratings(ratings_csv)
+    movie_ids, first_genre = read_movies(movies_csv)
+
+    known = np.isin(movie, movie_ids)
+    filtered = {"rating_movie_not_in_movies_csv": int((~known).sum())}
+    user, movie, ts = user[known], movie[known], ts[known]
+    genre = first_genre[np.searchsorted(movie_ids, movie)]
+
+    order = np.lexsort((movie, ts, user))
+    user, movie, ts, genre = user[order], movie[order], ts[order], genre[order]
+    n = len(user)
+    new_user = np.ones(n, bool)
+    new_user[1:] = user[1:] != user[:-1]
+    group = np.cumsum(new_user) - 1  # user group of each event
+    start = np.flatnonzero(new_user)[group]  # index of the user's first event
+    position = np.arange(n) - start  # earlier events of the same user
+
+    sample_event = position >= min_history
+    filtered["event_below_min_history"] = int(n - sample_event.sum())
+    valid_from, test_from = _time_cutoffs(ts[sample_event], valid_fraction, test_fraction)
+    split_events = {
+        "train": np.flatnonzero(sample_event & (ts < valid_from)),
+        "valid": np.flatnonzero(sample_event & (ts >= valid_from) & (ts < test_from)),
+        "test": np.flatnonzero(sample_event & (ts >= test_from)),
+    }
+    if len(split_events["train"]) == 0:
+        raise DatasetError(
+            f"{ratings_csv}: no training samples; "
+            "lower min_history, valid_fraction or test_fraction"
+        )
+
+    # Events the training split mentions: each user's events before the validation cut-off,
+    # when that user has a training sample (the last one's history covers all earlier ones).
+    before = ts < valid_from
+    events_before = np.bincount(group, weights=before, minlength=group[-1] + 1 if n else 0)
+    mentioned = before & (events_before[group] > min_history)
+    item_raw, item_count = build_vocab(movie[mentioned])
+    cat_raw, _ = build_vocab(genre[mentioned])
+    user_raw, _ = build_vocab(user[split_events["train"]])
+    event_item = encode(movie, item_raw).astype(np.int32)
+    event_cat = encode(genre, cat_raw).astype(np.int32)
+    event_user = encode(user, user_raw).astype(np.int32)
+    item_genre = first_genre[np.searchsorted(movie_ids, item_raw)]
+    item_category = np.concatenate([[0], encode(item_genre, cat_raw)]).astype(np.int32)
+    item_frequency = np.concatenate([[0], item_count]).astype(np.int64)
+
+    rng = np.random.default_rng(seed)
+    splits, unknown = {}, {}
+    for name, events in split_events.items():
+        negative = _draw_negatives(movie[events], rng, name)
+        neg_cat = encode(first_genre[np.searchsorted(movie_ids, negative)], cat_raw)
+        length = np.repeat(position[events], 2)
+        offsets, (hist_items, hist_cats) = _ragged_histories(
+            np.repeat(start[events], 2), length, [event_item, event_cat]
+        )
+        splits[name] = SplitArrays(
+            user=np.repeat(event_user[events], 2),
+            item=np.stack([event_item[events], encode(negative, item_raw)], 1).ravel(),
+            category=np.stack([event_cat[events], neg_cat], 1).ravel(),
+            label=np.tile(np.array([1, 0], np.float32), len(events)),
+            timestamp=np.repeat(ts[events], 2),
+            hist_offsets=offsets,
+            hist_items=hist_items,
+            hist_cats=hist_cats,
+        )
+        if name != "train":
+            unknown[name] = _unknown_counts(splits[name])
+
+    never = np.iinfo(np.int64).max
+    counts = {
+        "users": int(len(np.unique(user))),
+        "items": int(len(np.unique(movie))),
+        "categories": int(len(np.unique(genre))),
+        "events": int(n),
+        "filtered": filtered,
+        "unknown": unknown,
+        "time_cutoffs": {
+            "valid": None if valid_from == never else valid_from,
+            "test": None if test_from == never else test_from,
+        },
+    }
+    params = {
+        "seed": seed,
+        "min_history": min_history,
+        "valid_fraction": valid_fraction,
+        "test_fraction": test_fraction,
+        "category": "first listed genre",
+        "negatives": "rating frequency of the split's sample events",
+        "ratings_sha256": file_sha256(ratings_csv),
+        "movies_sha256": file_sha256(movies_csv),
+    }
+    vocabs = {
+        "users": vocab_strings(user_raw),
+        "items": vocab_strings(item_raw),
+        "categories": vocab_strings(cat_raw),
+    }
+    path = write_prepared(
+        out_dir,
+        splits=splits,
+        vocabs=vocabs,
+        item_category=item_category,
+        item_frequency=item_frequency,
+        source="movielens",
+        params=params,
+        counts=counts,
+        command=command,
+    )
+    logger.info("MovieLens: %d events, samples %s", n, {k: len(v) for k, v in splits.items()})
+    return PreparedDataset.open(path)
+
+
+def _unknown_counts(split: SplitArrays) -> dict[str, int]:
+    return {
+        "users": int((split.user == 0).sum()),
+        "items": int((split.item == 0).sum()),
+        "categories": int((split.category == 0).sum()),
+        "hist_items": int((split.hist_items == 0).sum()),
+    }
