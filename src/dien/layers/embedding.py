@@ -1,0 +1,75 @@
+"""Embedding layer: user, item and category id tables.
+
+Dimension letters: B batch, T history steps, K auxiliary-loss negatives per step, D embedding
+width. An item is represented by its item embedding concatenated with its category's
+embedding, so items (the target, the behaviours, the negatives) are 2D wide.
+
+Id 0 is the padding / unknown id of every table (``padding_idx=0``): its row stays zero and
+never receives a gradient, so padded history steps embed to zero vectors. Other rows start
+from a normal distribution with standard deviation ``INIT_STD`` (``torch.nn.Embedding``'s
+default of 1 makes sums over a long history very large at the start of training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from dien.data.batch import Batch, VocabSizes
+
+INIT_STD = 0.05
+
+
+@dataclass(frozen=True)
+class EmbeddedBatch:
+    """The embeddings of one batch's ids."""
+
+    user: Tensor  # (B, D)
+    target: Tensor  # (B, 2D)
+    behaviours: Tensor  # (B, T, 2D), zero at padded steps
+    negatives: Tensor | None  # (B, T, K, 2D) auxiliary-loss negatives, or None
+
+
+class EmbeddingLayer(nn.Module):
+    """The user, item and category tables of a click-through-rate model.
+
+    ``sparse=True`` makes the tables produce sparse gradients (only the rows of the batch),
+    to be paired with a row-wise optimizer such as ``torch.optim.SparseAdam``.
+    """
+
+    def __init__(self, vocab: VocabSizes, dim: int, sparse: bool) -> None:
+        super().__init__()
+        self.dim = dim
+        self.item_dim = 2 * dim
+        self.user = nn.Embedding(vocab.users, dim, padding_idx=0, sparse=sparse)
+        self.item = nn.Embedding(vocab.items, dim, padding_idx=0, sparse=sparse)
+        self.category = nn.Embedding(vocab.categories, dim, padding_idx=0, sparse=sparse)
+        for table in (self.user, self.item, self.category):
+            init_table(table)
+
+    def items(self, items: Tensor, categories: Tensor) -> Tensor:
+        """Embed items of any shape ``(...)`` as ``(..., 2D)``: concat(item, category)."""
+        return torch.cat([self.item(items), self.category(categories)], dim=-1)
+
+    def forward(self, batch: Batch, with_negatives: bool = False) -> EmbeddedBatch:
+        """Embed the user, the target item, the behaviour sequence and optionally negatives."""
+        negatives = None
+        if with_negatives:
+            if batch.neg_items is None or batch.neg_cats is None:
+                raise ValueError("auxiliary-loss negatives requested but the batch has none")
+            negatives = self.items(batch.neg_items, batch.neg_cats)  # (B, T, K, 2D)
+        return EmbeddedBatch(
+            user=self.user(batch.user),  # (B, D)
+            target=self.items(batch.item, batch.category),  # (B, 2D)
+            behaviours=self.items(batch.hist_items, batch.hist_cats),  # (B, T, 2D)
+            negatives=negatives,
+        )
+
+
+@torch.no_grad()
+def init_table(table: nn.Embedding, std: float = INIT_STD) -> None:
+    """Normal(0, std) rows, the padding row 0 kept at zero."""
+    table.weight.normal_(0.0, std)
+    table.weight[0].zero_()
