@@ -28,6 +28,10 @@ augru, form 'authors' ``u_t + a_t (1 - u_t)``     plain GRU / state replaced by 
 
 The 'authors' form is the public DIEN code's cell, which scales the gate that keeps the old
 state: ``z'_t = (1 - a_t) z_t``, so ``c_t = 1 - (1 - a_t)(1 - u_t) = u_t + a_t (1 - u_t)``.
+One difference from the public code remains in every cell: its TensorFlow GRU cell resets the
+state before the candidate's matrix product, ``tanh(W_h i_t + U_h (r_t * h_{t-1}))``, while
+this module follows the paper's equation 3 (and cuDNN), ``r_t * (U_h h_{t-1})``, which lets
+one matrix product per step serve all gates.
 
 Padding: histories are left-aligned, so a row's valid steps come first. At a padded step the
 state is carried unchanged (``h_t = h_{t-1}``), the final state is the state after the row's

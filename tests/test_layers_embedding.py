@@ -1,0 +1,31 @@
+"""The embedding layer: item = concat(item, category), padding id 0 embeds to zero."""
+
+from __future__ import annotations
+
+import torch
+from model_fixtures import VOCAB, make_batch
+
+from dien.layers.embedding import EmbeddingLayer
+
+
+def test_embeddings_shapes_concatenation_and_padding():
+    torch.manual_seed(0)
+    layer = EmbeddingLayer(VOCAB, 3, sparse=False)
+    batch = make_batch([2, 0, 3], K=2)
+    out = layer(batch, with_negatives=True)
+    assert out.user.shape == (3, 3) and out.target.shape == (3, 6)
+    assert out.behaviours.shape == (3, 3, 6) and out.negatives.shape == (3, 3, 2, 6)
+    torch.testing.assert_close(out.target[:, :3], layer.item.weight[batch.item])
+    torch.testing.assert_close(out.target[:, 3:], layer.category.weight[batch.category])
+    assert not bool(out.behaviours[~batch.history_mask()].any())
+    assert not bool(out.negatives[~batch.history_mask()].any())
+
+
+def test_sparse_tables_give_sparse_gradients_that_skip_padding():
+    layer = EmbeddingLayer(VOCAB, 3, sparse=True)
+    batch = make_batch([2, 0])
+    out = layer(batch)
+    (out.behaviours.sum() + out.target.sum()).backward()
+    grad = layer.item.weight.grad
+    assert grad.is_sparse
+    assert not bool(grad.coalesce().to_dense()[0].any())
