@@ -18,10 +18,11 @@ Protocol (the DIEN paper's Amazon protocol, with a split by time instead of by u
    later split, so every training event is strictly earlier than every validation event, and
    every validation event strictly earlier than every test event: no split sees its future in
    training. The cut-offs are in ``counts["time_cutoffs"]`` (``null`` when a split is empty).
-5. Negative targets are drawn from the rating frequency of the split's own sample events
-   (a uniformly drawn event of that split, redrawn while it is the positive's movie). For the
-   training split this keeps every movie it mentions inside the training period; the paper
-   draws from the frequency of all reviews.
+5. Negative targets are drawn by the rating frequency of the sample events up to the end of
+   the sample's split (a uniformly drawn such event, redrawn while it is the positive's
+   movie): training negatives come from the training period only, so the training split
+   mentions nothing from the future; validation negatives from training and validation
+   events; test negatives from all. The paper draws from the frequency of all reviews.
 6. Category = the movie's first listed genre; ``(no genres listed)`` is a category itself.
 7. Vocabularies (users, items, categories) come from the training split only: the users of
    training samples, and the movies and categories of the events training samples mention
@@ -153,14 +154,21 @@ def _time_cutoffs(ts: np.ndarray, valid_fraction: float, test_fraction: float) -
     return valid_from, test_from
 
 
-def _draw_negatives(targets: np.ndarray, rng: np.random.Generator, split: str) -> np.ndarray:
-    """For each target, another movie drawn by its frequency among ``targets``."""
-    if len(targets) and np.all(targets == targets[0]):
-        raise DatasetError(f"split '{split}' holds a single movie; no negative can be drawn")
-    negatives = targets[rng.integers(0, len(targets), len(targets))]
+def _draw_negatives(
+    targets: np.ndarray, pool: np.ndarray, rng: np.random.Generator, split: str
+) -> np.ndarray:
+    """For each target, a different movie drawn by its frequency in ``pool``."""
+    if len(targets) == 0:
+        return targets.copy()
+    if np.all(pool == pool[0]):
+        raise DatasetError(
+            f"split '{split}': its sample events up to now hold a single movie; "
+            "no different movie can be drawn as a negative"
+        )
+    negatives = pool[rng.integers(0, len(pool), len(targets))]
     clash = np.flatnonzero(negatives == targets)
     while len(clash):
-        negatives[clash] = targets[rng.integers(0, len(targets), len(clash))]
+        negatives[clash] = pool[rng.integers(0, len(pool), len(clash))]
         clash = clash[negatives[clash] == targets[clash]]
     return negatives
 
@@ -246,8 +254,10 @@ def prepare_movielens(
 
     rng = np.random.default_rng(seed)
     splits, unknown = {}, {}
+    pool = np.zeros(0, np.int64)  # targets of the sample events up to the current split's end
     for name, events in split_events.items():
-        negative = _draw_negatives(movie[events], rng, name)
+        pool = np.concatenate([pool, movie[events]])
+        negative = _draw_negatives(movie[events], pool, rng, name)
         neg_cat = encode(first_genre[np.searchsorted(movie_ids, negative)], cat_raw)
         length = np.repeat(position[events], 2)
         offsets, (hist_items, hist_cats) = _ragged_histories(
@@ -285,7 +295,7 @@ def prepare_movielens(
         "valid_fraction": valid_fraction,
         "test_fraction": test_fraction,
         "category": "first listed genre",
-        "negatives": "rating frequency of the split's sample events",
+        "negatives": "rating frequency of the sample events up to the split's end",
         "ratings_sha256": file_sha256(ratings_csv),
         "movies_sha256": file_sha256(movies_csv),
     }
