@@ -194,6 +194,8 @@ def test_write_rejects_bad_vocabs_tables_and_split_names(tmp_path):
         write(tmp_path / "ds", item_category=np.array([1, 1, 1, 2, 2]))
     with pytest.raises(DatasetError, match="splits: must have exactly the keys"):
         write(tmp_path / "ds", splits={"train": make_split(2, 0), "test": make_split(2, 1)})
+    with pytest.raises(DatasetError, match="params: must be JSON-serialisable"):
+        write(tmp_path / "ds", params={"seed": np.int64(3)})
     with pytest.raises(DatasetError, match="counts\\['samples'\\]: says"):
         write(tmp_path / "ds", counts={"samples": {"train": 1, "valid": 3, "test": 4}})
     assert list(tmp_path.iterdir()) == []

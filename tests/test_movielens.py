@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from dien.data.format import DatasetError, PreparedDataset
 from dien.data.movielens import bundled_movielens_dir, prepare_movielens
+from dien.data.vocab import build_vocab, encode, vocab_strings
 
 MOVIES = """movieId,title,genres
 10,"A, the film (1990)",Drama|Comedy
@@ -350,3 +351,13 @@ def test_bundled_histories_are_the_users_earlier_ratings(bundled):
             assert int(items[train.item[i]]) == seq[len(hist)][1]
         else:
             assert int(items[train.item[i]]) != seq[len(hist)][1]
+
+
+def test_vocab_orders_by_frequency_then_raw_id_and_encodes_unknown_as_zero():
+    raw, count = build_vocab(np.array([10, 9, 100, 10, 9, 7, 100, 100]))
+    assert raw.tolist() == [100, 9, 10, 7] and count.tolist() == [3, 2, 2, 1]  # 9 < 10 numerically
+    assert encode(np.array([[7, 8], [100, 10]]), raw).tolist() == [[4, 0], [1, 3]]
+    assert vocab_strings(raw) == ["<unk>", "100", "9", "10", "7"]
+    names, _ = build_vocab(np.array(["b", "a", "c", "a"]))
+    assert names.tolist() == ["a", "b", "c"]
+    assert encode(np.array([1, 2]), np.array([], np.int64)).tolist() == [0, 0]

@@ -232,6 +232,10 @@ def write_prepared(
     item_category, item_frequency = _check_item_tables(item_category, item_frequency, sizes)
     checked = {name: _check_split(name, splits[name], sizes) for name in SPLIT_NAMES}
     counts = _complete_counts(counts, checked)
+    try:
+        json.dumps(params)
+    except TypeError as e:
+        raise _fail("params", f"must be JSON-serialisable: {e}") from None
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
         raise _fail(str(out_dir), "exists and is not a prepared dataset; refusing to replace it")
 

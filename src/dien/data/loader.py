@@ -84,8 +84,7 @@ class BatchLoader:
         if not 0 <= start_batch <= len(self):
             raise ValueError(f"start_batch must lie in [0, {len(self)}], got {start_batch}")
         batches = self.batch_indices()
-        for position in range(start_batch, len(batches)):
-            yield self.assemble(batches[position], position)
+        return (self.assemble(batches[j], j) for j in range(start_batch, len(batches)))
 
     def batch_indices(self) -> list[np.ndarray]:
         """Sample indices of each batch of the current epoch, in order."""
