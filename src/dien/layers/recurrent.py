@@ -96,16 +96,18 @@ def run_recurrence(
     if kind != "gru" and attention is None:
         raise ValueError(f"the {kind} cell needs attention scores")
     h = x_proj.new_zeros(B, H) if h0 is None else h0  # (B, H)
-    valid = mask[..., None]  # (B, T, 1)
-    keep_valid = valid.to(x_proj.dtype)  # (B, T, 1)
-    a = None if attention is None else attention[..., None]  # (B, T, 1)
+    # unbind once: indexing step t of a (B, T, .) tensor in the loop would make its backward
+    # write a full-size zero gradient per step (quadratic in T)
+    x_steps = x_proj.unbind(dim=1)  # T x (B, G*H)
+    valid = mask[..., None].unbind(dim=1)  # T x (B, 1)
+    keep_valid = mask[..., None].to(x_proj.dtype).unbind(dim=1)  # T x (B, 1)
+    a = [None] * T if attention is None else attention[..., None].unbind(dim=1)  # T x (B, 1)
     outputs = []
     for t in range(T):
         h_proj = torch.addmm(bias_hh, h, weight_hh.t())  # (B, G*H)
-        a_t = None if a is None else a[:, t]  # (B, 1)
-        h_new = _step(kind, x_proj[:, t], h_proj, h, a_t)  # (B, H)
-        h = torch.where(valid[:, t], h_new, h)  # (B, H)
-        outputs.append(h * keep_valid[:, t])  # (B, H)
+        h_new = _step(kind, x_steps[t], h_proj, h, a[t])  # (B, H)
+        h = torch.where(valid[t], h_new, h)  # (B, H)
+        outputs.append(h * keep_valid[t])  # (B, H)
     if not outputs:
         return x_proj.new_zeros(B, 0, H), h
     return torch.stack(outputs, dim=1), h  # (B, T, H), (B, H)
