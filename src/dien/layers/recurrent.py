@@ -16,15 +16,15 @@ here is exactly ``torch.nn.GRU`` with the same weights. With an attention score 
 [0, 1] for each step, the cells differ only in the candidate weight ``c_t`` of
 ``h_t = (1 - c_t) * h_{t-1} + c_t * h~_t``:
 
-====================  ==========================  =========================================
-cell                  candidate weight ``c_t``    attention 0 / attention 1
-====================  ==========================  =========================================
-gru                   ``u_t``                     (no attention)
-aigru                 ``u_t``, input ``a_t i_t``  input zeroed / plain GRU
-agru                  ``a_t`` (no update gate)    state kept / state replaced by ``h~_t``
-augru, form 'paper'   ``a_t * u_t``               state kept / plain GRU
-augru, form 'authors' ``u_t + a_t (1 - u_t)``     plain GRU / state replaced by ``h~_t``
-====================  ==========================  =========================================
+=====================  ==========================  =======================================
+cell                   candidate weight ``c_t``    attention 0 / attention 1
+=====================  ==========================  =======================================
+gru                    ``u_t``                     (no attention)
+aigru                  ``u_t``, input ``a_t i_t``  input zeroed / plain GRU
+agru                   ``a_t`` (no update gate)    state kept / state replaced by ``h~_t``
+augru, form 'paper'    ``a_t * u_t``               state kept / plain GRU
+augru, form 'authors'  ``u_t + a_t (1 - u_t)``     plain GRU / state replaced by ``h~_t``
+=====================  ==========================  =======================================
 
 The 'authors' form is the public DIEN code's cell, which scales the gate that keeps the old
 state: ``z'_t = (1 - a_t) z_t``, so ``c_t = 1 - (1 - a_t)(1 - u_t) = u_t + a_t (1 - u_t)``.
