@@ -313,3 +313,19 @@ def test_histories_are_strictly_earlier_clicks_and_vocab_is_train_only(tmp_path_
     occurring = set(np.concatenate([train.item, train.hist_items]).tolist()) | {0}
     assert occurring == set(range(ds.vocab_sizes.items))
     assert set(train.user.tolist()) == set(range(1, ds.vocab_sizes.users))
+
+
+def test_parquet_wrong_type_names_row_and_column(tmp_path):
+    path = tmp_path / "events.parquet"
+    pl.DataFrame(
+        {"user": ["u", "u", "u"], "item": ["a", "b", "c"], "time": ["1", "abc", "3"]}
+    ).write_parquet(path)
+    with pytest.raises(
+        DatasetError, match=r"events.parquet, row 1, column 'time': cannot read 'abc'"
+    ):
+        prepare_events(path, tmp_path / "out", **COLS)
+    ds = prepare_events(
+        path, tmp_path / "out", **COLS, on_bad_lines="skip", valid_fraction=0, test_fraction=0
+    )
+    assert ds.manifest["counts"]["filtered"]["wrong_type"] == 1
+    assert [g[1] for g in decoded(ds, "train")[0::2]] == ["c"]

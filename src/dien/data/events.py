@@ -335,6 +335,63 @@ def _vocab_table(count: np.ndarray, min_count: int = 1) -> tuple[np.ndarray, np.
     return ranked, table
 
 
+def _train_vocabularies(s: dict, train: np.ndarray, ev: dict, min_item_count: int, has_cat: bool):
+    """Vocabularies from the training samples ``train``, item tables, items cut by count.
+
+    Returns ``(ids, (item_category, item_frequency), items below min_item_count)`` where
+    ``ids[name]`` maps raw codes to ids and ``ids[name + "_ranked"]`` lists the raw codes of
+    ids 1.. in order.
+    """
+    hist_idx, _ = gather_ragged(
+        np.arange(len(s["click_item"])), s["hist_begin"][train], s["hist_len"][train]
+    )
+    train_items = np.concatenate([s["item"][train], s["click_item"][hist_idx]])
+    item_count = np.bincount(train_items, minlength=len(ev["item_names"]))
+    ids = {}
+    ids["items_ranked"], ids["items"] = _vocab_table(item_count, min_item_count)
+    user_count = np.bincount(s["user"][train], minlength=len(ev["user_names"]))
+    ids["users_ranked"], ids["users"] = _vocab_table(user_count)
+    train_cats = np.concatenate([s["cat"][train], s["click_cat"][hist_idx]])
+    cat_count = np.bincount(train_cats, minlength=max(len(ev["cat_names"]), 1))
+    ids["categories_ranked"], ids["categories"] = _vocab_table(cat_count)
+    if not has_cat:
+        ids["categories_ranked"], ids["categories"] = np.zeros(0, np.int64), np.zeros(1, np.int32)
+
+    n_ids = len(ids["items_ranked"]) + 1
+    item_category = np.zeros(n_ids, np.int32)
+    item_category[ids["items"][s["item"][train]]] = ids["categories"][s["cat"][train]]
+    item_category[0] = 0
+    positives = train[s["label"][train] == 1]
+    occurrences = np.concatenate([s["item"][positives], s["click_item"][hist_idx]])
+    item_frequency = np.bincount(ids["items"][occurrences], minlength=n_ids).astype(np.int64)
+    item_frequency[0] = 0
+    below = int(((item_count > 0) & (ids["items"] == 0)).sum())
+    return ids, (item_category, item_frequency), below
+
+
+def _check_options(p: dict) -> int:
+    """Raise ValueError for inconsistent options in ``p``; return the negatives per positive."""
+    if p["split"] not in ("time", "user"):
+        raise ValueError(f"split must be 'time' or 'user', got {p['split']!r}")
+    valid, test = p["valid_fraction"], p["test_fraction"]
+    if not (valid >= 0 and test >= 0 and valid + test < 1):
+        raise ValueError("valid_fraction and test_fraction must be >= 0 and sum to less than 1")
+    if p["behavior_col"] is not None and not p["click_values"]:
+        raise ValueError("behavior_col needs click_values: the behaviour values that are clicks")
+    k = p["negatives_per_positive"]
+    if p["label_col"] is not None:
+        if k:
+            raise ValueError("negatives_per_positive is for logs without labels; label_col is set")
+        k = 0
+    elif k is None:
+        k = 1
+    if k < 0 or p["min_history"] < 0:
+        raise ValueError("negatives_per_positive and min_history must be >= 0")
+    if p["min_item_count"] < 1 or (p["max_history"] is not None and p["max_history"] < 1):
+        raise ValueError("min_item_count and max_history must be >= 1")
+    return k
+
+
 def prepare_events(
     input_path: str | Path,
     out_dir: str | Path,
@@ -364,28 +421,26 @@ def prepare_events(
     """
     path = Path(input_path)
     check_on_bad_lines(on_bad_lines)
-    if split not in ("time", "user"):
-        raise ValueError(f"split must be 'time' or 'user', got {split!r}")
-    if not (valid_fraction >= 0 and test_fraction >= 0 and valid_fraction + test_fraction < 1):
-        raise ValueError("valid_fraction and test_fraction must be >= 0 and sum to less than 1")
-    if behavior_col is not None and not click_values:
-        raise ValueError("behavior_col needs click_values: the behaviour values that are clicks")
-    if label_col is not None and negatives_per_positive:
-        raise ValueError("negatives_per_positive is for logs without labels; label_col is set")
-    k = (
-        0
-        if label_col is not None
-        else (1 if negatives_per_positive is None else negatives_per_positive)
-    )
-    if (
-        k < 0
-        or min_history < 0
-        or min_item_count < 1
-        or (max_history is not None and max_history < 1)
-    ):
-        raise ValueError(
-            "negatives_per_positive, min_history >= 0; min_item_count, max_history >= 1"
-        )
+    params = {
+        "input": str(path),
+        "user_col": user_col,
+        "item_col": item_col,
+        "time_col": time_col,
+        "category_col": category_col,
+        "label_col": label_col,
+        "behavior_col": behavior_col,
+        "click_values": None if click_values is None else [str(v) for v in click_values],
+        "max_history": max_history,
+        "min_history": min_history,
+        "negatives_per_positive": negatives_per_positive,
+        "split": split,
+        "valid_fraction": valid_fraction,
+        "test_fraction": test_fraction,
+        "min_item_count": min_item_count,
+        "seed": seed,
+        "on_bad_lines": on_bad_lines,
+    }
+    k = params["negatives_per_positive"] = _check_options(params)
     if not path.is_file():
         raise RawInputError(f"{path}: no such file")
 
@@ -416,29 +471,9 @@ def prepare_events(
     train = samples["train"]
     if len(train) == 0:
         raise RawInputError(f"{path}: no training sample is left; check the split fractions")
-    hist_idx, _ = gather_ragged(
-        np.arange(len(s["click_item"])), s["hist_begin"][train], s["hist_len"][train]
-    )
-    train_items = np.concatenate([s["item"][train], s["click_item"][hist_idx]])
-    n_items, n_cats = len(ev["item_names"]), max(len(ev["cat_names"]), 1)
-    item_ranked, item_id = _vocab_table(np.bincount(train_items, minlength=n_items), min_item_count)
-    user_ranked, user_id = _vocab_table(
-        np.bincount(s["user"][train], minlength=len(ev["user_names"]))
-    )
-    train_cats = np.concatenate([s["cat"][train], s["click_cat"][hist_idx]])
-    cat_ranked, cat_id = _vocab_table(np.bincount(train_cats, minlength=n_cats))
-    if category_col is None:
-        cat_ranked, cat_id = cat_ranked[:0], np.zeros(1, np.int32)
-
-    item_category = np.zeros(len(item_ranked) + 1, np.int32)
-    item_category[item_id[s["item"][train]]] = cat_id[s["cat"][train]]
-    item_category[0] = 0
-    train_pos = train[s["label"][train] == 1]
-    item_frequency = np.bincount(
-        np.concatenate([item_id[s["item"][train_pos]], item_id[s["click_item"][hist_idx]]]),
-        minlength=len(item_ranked) + 1,
-    ).astype(np.int64)
-    item_frequency[0] = 0
+    ids, tables, below = _train_vocabularies(s, train, ev, min_item_count, category_col is not None)
+    item_id, user_id, cat_id = ids["items"], ids["users"], ids["categories"]
+    item_category, item_frequency = tables
     sampler = NegativeSampler(item_frequency, item_category, "frequency") if k else None
 
     splits = {
@@ -447,37 +482,16 @@ def prepare_events(
     }
     counts = {
         "users": len(ev["user_names"]),
-        "items": n_items,
+        "items": len(ev["item_names"]),
         "categories": len(ev["cat_names"]),
         "events": n_events,
         "filtered": dict(bad.counts),
-        "items_below_min_item_count": int(
-            ((np.bincount(train_items, minlength=n_items) > 0) & (item_id == 0)).sum()
-        ),
-    }
-    params = {
-        "input": str(path),
-        "user_col": user_col,
-        "item_col": item_col,
-        "time_col": time_col,
-        "category_col": category_col,
-        "label_col": label_col,
-        "behavior_col": behavior_col,
-        "click_values": None if click_values is None else [str(v) for v in click_values],
-        "max_history": max_history,
-        "min_history": min_history,
-        "negatives_per_positive": k,
-        "split": split,
-        "valid_fraction": valid_fraction,
-        "test_fraction": test_fraction,
-        "min_item_count": min_item_count,
-        "seed": seed,
-        "on_bad_lines": on_bad_lines,
+        "items_below_min_item_count": below,
     }
     vocabs = {
-        "users": [UNKNOWN, *ev["user_names"][user_ranked].tolist()],
-        "items": [UNKNOWN, *ev["item_names"][item_ranked].tolist()],
-        "categories": [UNKNOWN, *ev["cat_names"][cat_ranked].tolist()],
+        "users": [UNKNOWN, *ev["user_names"][ids["users_ranked"]].tolist()],
+        "items": [UNKNOWN, *ev["item_names"][ids["items_ranked"]].tolist()],
+        "categories": [UNKNOWN, *ev["cat_names"][ids["categories_ranked"]].tolist()],
     }
     out = write_prepared(
         out_dir,
