@@ -65,7 +65,7 @@ class DataConfig:
 class ModelConfig:
     """Which model, and its sizes. ``None`` means the named model's own default."""
 
-    name: str = _opt("dien", "Model: " + ", ".join(MODEL_NAMES) + ".")
+    name: str = _opt("dien", "Model: " + ", ".join(MODEL_NAMES) + ".", choices=MODEL_NAMES)
     embedding_dim: int = _opt(18, "Embedding width of user, item and category ids (paper: 18).")
     hidden_size: int = _opt(36, "Hidden width of the GRUs (paper: 36).")
     mlp_sizes: tuple[int, ...] = _opt((200, 80), "Hidden layers of the output MLP.")

@@ -54,6 +54,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         hints = typing.get_type_hints(cls)
         for field in dataclasses.fields(cls):
             keywords = _parser_for(hints[field.name])
+            if "choices" in field.metadata:
+                keywords["choices"] = list(field.metadata["choices"])
             default = field.default
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             group.add_argument(

@@ -114,10 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from dien.data.movielens import bundled_movielens, prepare_movielens
+    from dien.data.movielens import bundled_movielens_dir, prepare_movielens
 
     if args.kind == "movielens":
-        default = bundled_movielens()
+        default = bundled_movielens_dir()
         dataset = prepare_movielens(
             args.ratings or default / "ratings.csv",
             args.movies or default / "movies.csv",
@@ -202,13 +202,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dien.data.movielens import bundled_movielens, prepare_movielens
+    from dien.data.movielens import bundled_movielens_dir, prepare_movielens
     from dien.train.suite import run_suite, suite_table, write_summary
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     data_dir = args.out / "data"
     if not (data_dir / "manifest.json").is_file():
-        root = bundled_movielens()
+        root = bundled_movielens_dir()
         print(
             _describe_dataset(
                 prepare_movielens(

@@ -233,7 +233,7 @@ class Trainer:
         )
         window = _LossWindow(self.device)
         self.model.train()
-        for batch in self.train_loader.iter_from(p.batch):
+        for batch in self.train_loader.iterate(p.batch):
             window.add(*self._step(batch), batch.size)
             p.batch, p.step, p.samples = p.batch + 1, p.step + 1, p.samples + batch.size
             bar.update(1)
