@@ -10,12 +10,11 @@ few are logged as warnings, so nothing is dropped silently.
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Literal
 
 import numpy as np
 
@@ -24,20 +23,15 @@ from dien.data.format import DatasetError
 logger = logging.getLogger(__name__)
 
 try:  # orjson parses JSON lines several times faster than the standard library
-    import orjson
-
-    def json_loads(data: bytes) -> Any:
-        return orjson.loads(data)
-
+    from orjson import loads as json_loads
 except ImportError:  # pragma: no cover - exercised only where orjson is not installed
-
-    def json_loads(data: bytes) -> Any:
-        return json.loads(data)
+    from json import loads as json_loads  # noqa: F401 - same name, other module
 
 
 OnBadLines = Literal["error", "skip"]
 GZIP_MAGIC = b"\x1f\x8b"
 WARNINGS_PER_REASON = 5
+BLOCK_BYTES = 1 << 23  # files are read in blocks of 8 MiB and split into lines
 
 
 class RawInputError(DatasetError):
@@ -102,14 +96,21 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
     :class:`RawInputError` naming the file and the last good line.
     """
     lineno = 0
+    rest = b""
     with open_binary(path) as f:
         try:
-            for lineno, line in enumerate(f, 1):  # noqa: B007 - lineno is read after the loop
-                yield lineno, line.rstrip(b"\r\n")
+            while block := f.read(BLOCK_BYTES):
+                lines = (rest + block).split(b"\n")
+                rest = lines.pop()
+                for line in lines:
+                    lineno += 1
+                    yield lineno, line.removesuffix(b"\r")
         except (EOFError, OSError, zlib.error) as e:
             raise RawInputError(
                 f"{where(path, lineno + 1)}: the gzip stream is corrupt or truncated ({e})"
             ) from None
+    if rest:
+        yield lineno + 1, rest.removesuffix(b"\r")
 
 
 def decode_problem(line: bytes) -> str | None:
