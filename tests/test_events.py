@@ -6,13 +6,14 @@ import gzip
 import json
 
 import numpy as np
-import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dien.data.events import prepare_events
 from dien.data.format import DatasetError
+
+pl = pytest.importorskip("polars")  # the events preparation needs the optional polars
 
 CSV = """user,item,time,cat
 u1,a,1,x
