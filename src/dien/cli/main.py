@@ -13,6 +13,7 @@ from pathlib import Path
 from dien import __version__
 from dien.cli.flags import add_config_flags, config_from_args
 from dien.config import MODEL_NAMES, Config, ConfigError
+from dien.data.download import DownloadError
 from dien.data.format import DatasetError, PreparedDataset
 
 logger = logging.getLogger("dien")
@@ -32,8 +33,6 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     )
     ml.add_argument("--ratings", type=Path, help="ratings.csv (default: the bundled copy)")
     ml.add_argument("--movies", type=Path, help="movies.csv (default: the bundled copy)")
-    ml.add_argument("--out", type=Path, required=True, help="Folder to write.")
-    ml.add_argument("--seed", type=int, default=0, help="Seed of negative sampling.")
     ml.add_argument(
         "--min-history",
         type=int,
@@ -49,6 +48,92 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     ml.add_argument(
         "--test-fraction", type=float, default=0.1, help="Latest events that form the test split."
     )
+
+    amazon = kinds.add_parser(
+        "amazon",
+        help="Amazon 2014 reviews + metadata, the DIEN authors' protocol.",
+        description="Each user's last review gives a positive and a sampled negative with the "
+        "same history; users split 9:1 into train and test; vocabularies from train only.",
+    )
+    amazon.add_argument("--reviews", type=Path, help="reviews_CATEGORY_5.json.gz")
+    amazon.add_argument("--meta", type=Path, help="meta_CATEGORY.json.gz")
+    amazon.add_argument(
+        "--download", metavar="CATEGORY", help="Fetch both files first, e.g. Books or Electronics."
+    )
+    amazon.add_argument(
+        "--download-dir",
+        type=Path,
+        default=Path("downloads"),
+        help="Where --download puts the raw files (default: downloads).",
+    )
+    amazon.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.9,
+        help="Share of users in the training split (default: 0.9).",
+    )
+    amazon.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.0,
+        help="Share of users moved from train to a validation split.",
+    )
+
+    release = kinds.add_parser(
+        "dien-release",
+        help="The DIEN authors' released prepared files (local_train_splitByUser, ...).",
+    )
+    release.add_argument("--path", type=Path, required=True, help="Folder of the files.")
+
+    events = kinds.add_parser(
+        "events",
+        help="Your own event table (csv, parquet or jsonl); needs `pip install dien[events]`.",
+        description="Histories from each user's earlier clicks; negatives are sampled where "
+        "there is no label column; splits by time or by user.",
+    )
+    events.add_argument("--input", type=Path, required=True, help="csv, parquet or jsonl file.")
+    for col in ("user", "item", "time"):
+        events.add_argument(f"--{col}-col", required=True, help=f"Column of the {col}.")
+    events.add_argument("--category-col", help="Column of the item's category.")
+    events.add_argument("--label-col", help="Column with 1 for click and 0 for no click.")
+    events.add_argument("--behavior-col", help="Column of the behaviour type.")
+    events.add_argument(
+        "--click-values",
+        help="Comma-separated behaviour values that count as clicks (with --behavior-col).",
+    )
+    events.add_argument("--max-history", type=int, help="Store at most N recent behaviours.")
+    events.add_argument(
+        "--min-history",
+        type=int,
+        default=1,
+        help="Skip events with fewer earlier clicks (default: 1).",
+    )
+    events.add_argument(
+        "--negatives-per-positive",
+        type=int,
+        help="Sampled negatives per click (default: 1 without labels).",
+    )
+    events.add_argument("--split", choices=("time", "user"), default="time")
+    events.add_argument("--valid-fraction", type=float, default=0.1)
+    events.add_argument("--test-fraction", type=float, default=0.1)
+    events.add_argument(
+        "--min-item-count",
+        type=int,
+        default=1,
+        help="Items seen fewer times in training map to the unknown id.",
+    )
+
+    for parser in (amazon, release, events):
+        parser.add_argument(
+            "--on-bad-lines",
+            choices=("error", "skip"),
+            default="error",
+            help="Stop at the first bad line, or skip and count each kind.",
+        )
+    for parser in (ml, amazon, release, events):
+        parser.add_argument("--out", type=Path, required=True, help="Folder to write.")
+    for parser in (ml, amazon, events):
+        parser.add_argument("--seed", type=int, default=0, help="Seed of the sampling.")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -114,9 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from dien.data.movielens import bundled_movielens_dir, prepare_movielens
-
+    command = " ".join(["dien", *sys.argv[1:]])
     if args.kind == "movielens":
+        from dien.data.movielens import bundled_movielens_dir, prepare_movielens
+
         default = bundled_movielens_dir()
         dataset = prepare_movielens(
             args.ratings or default / "ratings.csv",
@@ -126,10 +212,65 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             min_history=args.min_history,
             valid_fraction=args.valid_fraction,
             test_fraction=args.test_fraction,
-            command=" ".join(sys.argv),
+            command=command,
+        )
+    elif args.kind == "amazon":
+        dataset = _prepare_amazon(args, command)
+    elif args.kind == "dien-release":
+        from dien.data.release import prepare_dien_release
+
+        dataset = prepare_dien_release(
+            args.path, args.out, on_bad_lines=args.on_bad_lines, command=command
+        )
+    else:
+        from dien.data.events import prepare_events
+
+        clicks = args.click_values.split(",") if args.click_values else None
+        dataset = prepare_events(
+            args.input,
+            args.out,
+            user_col=args.user_col,
+            item_col=args.item_col,
+            time_col=args.time_col,
+            category_col=args.category_col,
+            label_col=args.label_col,
+            behavior_col=args.behavior_col,
+            click_values=clicks,
+            max_history=args.max_history,
+            min_history=args.min_history,
+            negatives_per_positive=args.negatives_per_positive,
+            split=args.split,
+            valid_fraction=args.valid_fraction,
+            test_fraction=args.test_fraction,
+            min_item_count=args.min_item_count,
+            seed=args.seed,
+            on_bad_lines=args.on_bad_lines,
+            command=command,
         )
     print(_describe_dataset(dataset))
     return 0
+
+
+def _prepare_amazon(args: argparse.Namespace, command: str) -> PreparedDataset:
+    from dien.data.amazon import prepare_amazon
+    from dien.data.download import download_amazon
+
+    if args.download:
+        reviews, meta = download_amazon(args.download, args.download_dir)
+    elif args.reviews and args.meta:
+        reviews, meta = args.reviews, args.meta
+    else:
+        raise ValueError("pass --reviews and --meta, or --download CATEGORY")
+    return prepare_amazon(
+        reviews,
+        meta,
+        args.out,
+        seed=args.seed,
+        train_fraction=args.train_fraction,
+        valid_fraction=args.valid_fraction,
+        on_bad_lines=args.on_bad_lines,
+        command=command,
+    )
 
 
 def _describe_dataset(dataset: PreparedDataset) -> str:
@@ -141,6 +282,8 @@ def _describe_dataset(dataset: PreparedDataset) -> str:
         f"categories {counts['categories']:,}",
         f"  samples: {samples}",
     ]
+    if "events" in counts:
+        lines.insert(2, f"  events {counts['events']:,}")
     for reason, n in counts.get("filtered", {}).items():
         lines.append(f"  filtered: {reason}: {n:,}")
     return "\n".join(lines)
@@ -251,7 +394,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DatasetError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (
+        ConfigError,
+        DatasetError,
+        DownloadError,
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+    ) as e:
         print(f"dien {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
