@@ -2,6 +2,7 @@
 on random logs, and the bundled real data against counts computed here from the CSV files."""
 
 import csv
+import itertools
 import shutil
 import tempfile
 from collections import Counter
@@ -68,7 +69,13 @@ def test_handcrafted_ratings_give_the_expected_samples(tmp_path):
     ratings, movies = write_csvs(tmp_path / "raw")
     # 7 sample events at 150 200 300 650 700 900 960: 2 test (>= 900), 2 valid (>= 650).
     ds = prepare_movielens(
-        ratings, movies, tmp_path / "ds", valid_fraction=0.3, test_fraction=0.3, seed=5
+        ratings,
+        movies,
+        tmp_path / "ds",
+        valid_fraction=0.3,
+        test_fraction=0.3,
+        seed=5,
+        split="global_time",
     )
 
     # Training mentions user 1's 10, 20, 30 and user 2's 10, 20: items by frequency then id.
@@ -129,11 +136,46 @@ def test_handcrafted_ratings_give_the_expected_samples(tmp_path):
     assert ds.manifest["source"] == "movielens"
 
 
+def test_per_user_split_keeps_each_users_latest_events_out_of_training(tmp_path):
+    ratings, movies = write_csvs(tmp_path / "raw")
+    # Sample events (min_history 1): user 1 at 200 300 700 900, user 2 at 150 650, user 3 at
+    # 960. Test takes rint(0.25 n) latest per user, validation the rint(0.25 n) before them:
+    # user 1 -> test 900, valid 700; user 2 -> rint(0.5) = 0 of each; user 3 -> none.
+    ds = prepare_movielens(
+        ratings, movies, tmp_path / "ds", valid_fraction=0.25, test_fraction=0.25
+    )
+    assert ds.manifest["params"]["split"] == "user_time"
+    assert ds.split("test").timestamp.tolist() == [900, 900]
+    assert ds.split("valid").timestamp.tolist() == [700, 700]
+    assert ds.split("train").timestamp.tolist() == [
+        200,
+        200,
+        300,
+        300,
+        150,
+        150,
+        650,
+        650,
+        960,
+        960,
+    ]
+    assert ds.vocab("users") == ["<unk>", "1", "2", "3"]
+    test = ds.split("test")
+    # movie 40 is rated only in user 1's validation event: not in the training vocabulary
+    assert [ds.vocab("items")[i] for i in test.history(0)[0]] == ["10", "20", "30", "<unk>"]
+
+
 def test_min_history_and_empty_validation_split(tmp_path):
     ratings, movies = write_csvs(tmp_path / "raw")
     # min_history=2: sample events 300(u1) 650(u2) 700 900(u1) -> test = last 1 (900).
     ds = prepare_movielens(
-        ratings, movies, tmp_path / "ds", min_history=2, valid_fraction=0.0, test_fraction=0.25
+        ratings,
+        movies,
+        tmp_path / "ds",
+        min_history=2,
+        valid_fraction=0.0,
+        test_fraction=0.25,
+        split="global_time",
     )
     assert ds.manifest["counts"]["samples"] == {"train": 6, "valid": 0, "test": 2}
     assert ds.manifest["counts"]["filtered"]["event_below_min_history"] == 6
@@ -174,7 +216,7 @@ def test_missing_file_and_bad_parameters(tmp_path):
         prepare_movielens(ratings, movies, tmp_path / "ds", min_history=9)
 
 
-def reference(events, min_history, valid_fraction, test_fraction):
+def reference(events, min_history, valid_fraction, test_fraction, mode="global_time"):
     """The protocol written plainly: per-user loops over (user, movie, timestamp) triples."""
     by_user = {}
     for user, movie, ts in events:
@@ -184,12 +226,22 @@ def reference(events, min_history, valid_fraction, test_fraction):
         seq = sorted(by_user[user])
         for p in range(min_history, len(seq)):
             sample_events.append((user, seq[p][1], seq[p][0], [m for _, m in seq[:p]]))
+    split = {"train": [], "valid": [], "test": []}
+    if mode == "user_time":
+        for user in sorted(by_user):
+            mine = [e for e in sample_events if e[0] == user]
+            n_test = int(np.rint(len(mine) * test_fraction))
+            n_valid = int(np.rint(len(mine) * valid_fraction))
+            for index, e in enumerate(mine):
+                rank = len(mine) - 1 - index  # 0 = the user's latest sample event
+                name = "test" if rank < n_test else "valid" if rank < n_test + n_valid else "train"
+                split[name].append(e)
+        return split
     times = sorted(e[2] for e in sample_events)
     n = len(times)
     n_test, n_valid = round(n * test_fraction), round(n * valid_fraction)
     test_from = times[n - n_test] if n_test else float("inf")
     valid_from = times[n - n_test - n_valid] if n_valid else test_from
-    split = {"train": [], "valid": [], "test": []}
     for e in sample_events:
         name = "train" if e[2] < valid_from else "valid" if e[2] < test_from else "test"
         split[name].append(e)
@@ -202,13 +254,18 @@ RATING_LOGS = st.lists(
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(events=RATING_LOGS, min_history=st.integers(0, 2), fractions=st.sampled_from([0.0, 0.2]))
-def test_random_logs_match_the_reference_and_never_leak(events, min_history, fractions):
+@given(
+    events=RATING_LOGS,
+    min_history=st.integers(0, 2),
+    fractions=st.sampled_from([0.0, 0.2, 0.34]),
+    mode=st.sampled_from(["global_time", "user_time"]),
+)
+def test_random_logs_match_the_reference_and_never_leak(events, min_history, fractions, mode):
     movies = "movieId,title,genres\n" + "".join(f"{m},M{m},G{m % 3}|X\n" for m in range(1, 8))
     ratings = "userId,movieId,rating,timestamp\n" + "".join(
         f"{u},{m},1,{t}\n" for u, m, t in events
     )
-    expected = reference(events, min_history, fractions, fractions)
+    expected = reference(events, min_history, fractions, fractions, mode)
 
     with tempfile.TemporaryDirectory() as tmp:
         r, m = write_csvs(Path(tmp) / "raw", ratings, movies)
@@ -224,6 +281,7 @@ def test_random_logs_match_the_reference_and_never_leak(events, min_history, fra
                     min_history=min_history,
                     valid_fraction=fractions,
                     test_fraction=fractions,
+                    split=mode,
                 )
             return
         ds = prepare_movielens(
@@ -233,11 +291,12 @@ def test_random_logs_match_the_reference_and_never_leak(events, min_history, fra
             min_history=min_history,
             valid_fraction=fractions,
             test_fraction=fractions,
+            split=mode,
         )
-        check_against_reference(ds, expected)
+        check_against_reference(ds, expected, mode)
 
 
-def check_against_reference(ds, expected):
+def check_against_reference(ds, expected, mode="global_time"):
     # Vocabularies hold exactly what the training split mentions.
     train_movies = {m for _, movie, _, hist in expected["train"] for m in [movie, *hist]}
     train_users = {e[0] for e in expected["train"]}
@@ -269,10 +328,15 @@ def check_against_reference(ds, expected):
             if s.item[neg] != 0:
                 assert int(items[s.item[neg]]) != movie
                 assert int(items[s.item[neg]]) in pool
+    # No split's future in training: globally, or within each user for the per-user split.
+    owners = [ds.split(n).user for n in ("train", "valid", "test")]
     ends = [ds.split(n).timestamp for n in ("train", "valid", "test")]
-    for early, late in zip(ends, ends[1:], strict=False):
-        if len(early) and len(late):
+    for (early, early_user), (late, late_user) in itertools.combinations(zip(ends, owners), 2):
+        if mode == "global_time" and len(early) and len(late):
             assert early.max() < late.min()
+        for u in np.intersect1d(early_user, late_user):
+            if u:
+                assert early[early_user == u].max() <= late[late_user == u].min()
     assert ds.split("train").item.min() > 0 and ds.split("train").hist_items.min(initial=1) > 0
 
 
@@ -311,17 +375,19 @@ def test_bundled_movielens_counts(bundled):
     by_user = {}
     for r in ratings:
         by_user.setdefault(r["userId"], []).append((int(r["timestamp"]), int(r["movieId"])))
-    sample_times = sorted(t for seq in by_user.values() for t, _ in sorted(seq)[1:])
-    n = len(sample_times)
-    test_from, valid_from = sample_times[n - round(0.1 * n)], sample_times[n - 2 * round(0.1 * n)]
-    assert counts["time_cutoffs"] == {"valid": valid_from, "test": test_from}
-    assert n_samples["test"] == 2 * sum(t >= test_from for t in sample_times)
-    assert n_samples["valid"] == 2 * sum(valid_from <= t < test_from for t in sample_times)
-    assert abs(n_samples["test"] / 2 - 0.1 * n) < 0.01 * n  # ties at the cut-off are few
+    # the default split: each user's latest rint(10%) sample events test, the 10% before valid
+    n_test = sum(int(np.rint(0.1 * (len(seq) - 1))) for seq in by_user.values())
+    n_valid = sum(int(np.rint(0.1 * (len(seq) - 1))) for seq in by_user.values())
+    assert (n_samples["test"], n_samples["valid"]) == (2 * n_test, 2 * n_valid)
+    assert counts["time_cutoffs"] == {"valid": None, "test": None}
 
     train, test = ds.split("train"), ds.split("test")
-    assert train.timestamp.max() < ds.split("valid").timestamp.min()
-    assert ds.split("valid").timestamp.max() < test.timestamp.min()
+    valid = ds.split("valid")
+    for early, late in ((train, valid), (valid, test), (train, test)):
+        last = np.full(ds.vocab_sizes.users, -1, np.int64)
+        np.maximum.at(last, early.user, early.timestamp)
+        assert (last[late.user] <= late.timestamp).all()  # no user's future in an earlier split
+    assert (test.user > 0).all()  # every test user has trained embeddings
     assert ds.vocab_sizes.users - 1 == len(np.unique(train.user))
     assert ds.vocab_sizes.items - 1 == len(
         np.unique(np.concatenate([train.item, train.hist_items]))

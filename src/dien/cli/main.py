@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dien import __version__
+from dien.cli import serving
 from dien.cli.flags import add_config_flags, config_from_args
 from dien.config import MODEL_NAMES, Config, ConfigError
 from dien.data.download import DownloadError
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_run_readers(sub)
     _add_demo(sub)
+    serving.add_parsers(sub)
     return parser
 
 
@@ -212,6 +214,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             min_history=args.min_history,
             valid_fraction=args.valid_fraction,
             test_fraction=args.test_fraction,
+            split=args.split,
             command=command,
         )
     elif args.kind == "amazon":
@@ -382,6 +385,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
     "demo": cmd_demo,
+    **serving.COMMANDS,
 }
 
 

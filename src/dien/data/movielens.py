@@ -12,16 +12,25 @@ Protocol (the DIEN paper's Amazon protocol, with a split by time instead of by u
    (see 5). The history is every earlier event of the user, oldest first, stored in full.
    Events with fewer earlier events give no sample (they still appear in later histories) and
    are counted in ``counts["filtered"]["event_below_min_history"]``.
-4. Split by time with global cut-offs over the sample events' timestamps: the last
-   ``test_fraction`` of events is the test split, the ``valid_fraction`` before it the
-   validation split, the rest training. Events sharing the cut-off timestamp all go to the
-   later split, so every training event is strictly earlier than every validation event, and
-   every validation event strictly earlier than every test event: no split sees its future in
-   training. The cut-offs are in ``counts["time_cutoffs"]`` (``null`` when a split is empty).
+4. Split by time, in one of two ways; in both, no test event's future reaches training:
+
+   - ``split="user_time"`` (the default): within each user, the latest ``test_fraction`` of
+     the user's sample events (rounded) form the test split, the ``valid_fraction`` before
+     them the validation split, the rest training. Every training event of a user precedes
+     that user's validation and test events, and every user of the test split has trained
+     embeddings, as in sequential-recommendation protocols. Events of *other* users may be
+     later in calendar time than a test event.
+   - ``split="global_time"``: global cut-offs over the sample events' timestamps: the last
+     ``test_fraction`` of events is the test split, the ``valid_fraction`` before it the
+     validation split. Events sharing the cut-off timestamp all go to the later split, so
+     every training event is strictly earlier than every validation and test event. On the
+     bundled MovieLens data most test users then appear only after the cut-off (their id is
+     unknown), so GAUC groups them all under the unknown user. The cut-offs are in
+     ``counts["time_cutoffs"]`` (``null`` when a split is empty).
 5. Negative targets are drawn by the rating frequency of the sample events up to the end of
    the sample's split (a uniformly drawn such event, redrawn while it is the positive's
-   movie): training negatives come from the training period only, so the training split
-   mentions nothing from the future; validation negatives from training and validation
+   movie): training negatives come from training events only, so the training split
+   mentions nothing from a later split; validation negatives from training and validation
    events; test negatives from all. The paper draws from the frequency of all reviews.
 6. Category = the movie's first listed genre; ``(no genres listed)`` is a category itself.
 7. Vocabularies (users, items, categories) come from the training split only: the users of
@@ -44,6 +53,7 @@ import csv
 import logging
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -154,6 +164,28 @@ def _time_cutoffs(ts: np.ndarray, valid_fraction: float, test_fraction: float) -
     return valid_from, test_from
 
 
+def _per_user_split(
+    group: np.ndarray,
+    position: np.ndarray,
+    sample_event: np.ndarray,
+    min_history: int,
+    valid_fraction: float,
+    test_fraction: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of each user's latest sample events for test and the ones before for validation.
+
+    Events are sorted by user then time, so a user's sample events are the contiguous ones at
+    ``position >= min_history``; ``rank`` counts them from the user's latest backwards.
+    """
+    n_samples = np.bincount(group, weights=sample_event).astype(np.int64)  # per user
+    n_test = np.rint(n_samples * test_fraction).astype(np.int64)
+    n_valid = np.rint(n_samples * valid_fraction).astype(np.int64)
+    rank = n_samples[group] - 1 - (position - min_history)  # 0 = the user's latest event
+    in_test = sample_event & (rank < n_test[group])
+    in_valid = sample_event & ~in_test & (rank < (n_test + n_valid)[group])
+    return in_valid, in_test
+
+
 def _draw_negatives(
     targets: np.ndarray, pool: np.ndarray, rng: np.random.Generator, split: str
 ) -> np.ndarray:
@@ -194,9 +226,12 @@ def prepare_movielens(
     min_history: int = 1,
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    split: Literal["user_time", "global_time"] = "user_time",
     command: str = "",
 ) -> PreparedDataset:
     """Prepare MovieLens ratings by the protocol in this module's docstring; open the result."""
+    if split not in ("user_time", "global_time"):
+        raise ValueError(f"split must be 'user_time' or 'global_time', got {split!r}")
     if min_history < 0:
         raise ValueError(f"min_history must be >= 0, got {min_history}")
     if not (
@@ -225,11 +260,20 @@ def prepare_movielens(
 
     sample_event = position >= min_history
     filtered["event_below_min_history"] = int(n - sample_event.sum())
-    valid_from, test_from = _time_cutoffs(ts[sample_event], valid_fraction, test_fraction)
+    never = np.iinfo(np.int64).max
+    if split == "global_time":
+        valid_from, test_from = _time_cutoffs(ts[sample_event], valid_fraction, test_fraction)
+        in_valid = sample_event & (ts >= valid_from) & (ts < test_from)
+        in_test = sample_event & (ts >= test_from)
+    else:
+        valid_from = test_from = never
+        in_valid, in_test = _per_user_split(
+            group, position, sample_event, min_history, valid_fraction, test_fraction
+        )
     split_events = {
-        "train": np.flatnonzero(sample_event & (ts < valid_from)),
-        "valid": np.flatnonzero(sample_event & (ts >= valid_from) & (ts < test_from)),
-        "test": np.flatnonzero(sample_event & (ts >= test_from)),
+        "train": np.flatnonzero(sample_event & ~in_valid & ~in_test),
+        "valid": np.flatnonzero(in_valid),
+        "test": np.flatnonzero(in_test),
     }
     if len(split_events["train"]) == 0:
         raise DatasetError(
@@ -237,9 +281,10 @@ def prepare_movielens(
             "lower min_history, valid_fraction or test_fraction"
         )
 
-    # Events the training split mentions: each user's events before the validation cut-off,
-    # when that user has a training sample (the last one's history covers all earlier ones).
-    before = ts < valid_from
+    # Events the training split mentions: each user's events before the user's first
+    # validation or test event, when that user has a training sample (the last one's history
+    # covers all earlier ones).
+    before = ~in_valid & ~in_test
     events_before = np.bincount(group, weights=before, minlength=group[-1] + 1 if n else 0)
     mentioned = before & (events_before[group] > min_history)
     item_raw, item_count = build_vocab(movie[mentioned])
@@ -276,7 +321,6 @@ def prepare_movielens(
         if name != "train":
             unknown[name] = _unknown_counts(splits[name])
 
-    never = np.iinfo(np.int64).max
     counts = {
         "users": int(len(np.unique(user))),
         "items": int(len(np.unique(movie))),
@@ -294,6 +338,7 @@ def prepare_movielens(
         "min_history": min_history,
         "valid_fraction": valid_fraction,
         "test_fraction": test_fraction,
+        "split": split,
         "category": "first listed genre",
         "negatives": "rating frequency of the sample events up to the split's end",
         "ratings_sha256": file_sha256(ratings_csv),
