@@ -331,7 +331,9 @@ def check_against_reference(ds, expected, mode="global_time"):
     # No split's future in training: globally, or within each user for the per-user split.
     owners = [ds.split(n).user for n in ("train", "valid", "test")]
     ends = [ds.split(n).timestamp for n in ("train", "valid", "test")]
-    for (early, early_user), (late, late_user) in itertools.combinations(zip(ends, owners), 2):
+    for (early, early_user), (late, late_user) in itertools.combinations(
+        zip(ends, owners, strict=True), 2
+    ):
         if mode == "global_time" and len(early) and len(late):
             assert early.max() < late.min()
         for u in np.intersect1d(early_user, late_user):
