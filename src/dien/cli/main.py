@@ -49,6 +49,13 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     ml.add_argument(
         "--test-fraction", type=float, default=0.1, help="Latest events that form the test split."
     )
+    ml.add_argument(
+        "--split",
+        choices=("user_time", "global_time"),
+        default="user_time",
+        help="user_time: each user's latest events are test (default); "
+        "global_time: one calendar cut-off for all users.",
+    )
 
     amazon = kinds.add_parser(
         "amazon",
