@@ -48,9 +48,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dien.layers.fused import fused_recurrence, fused_supported
+
 CellKind = Literal["gru", "aigru", "agru", "augru"]
 AugruForm = Literal["paper", "authors"]
 RecurrenceKind = Literal["gru", "agru", "augru_paper", "augru_authors"]
+RECURRENCE_KINDS: tuple[str, ...] = ("gru", "agru", "augru_paper", "augru_authors")
 CELL_KINDS: tuple[str, ...] = ("gru", "aigru", "agru", "augru")
 AUGRU_FORMS: tuple[str, ...] = ("paper", "authors")
 
@@ -78,6 +81,29 @@ def run_recurrence(
     h0: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run one recurrent layer given the input projections of all steps.
+
+    On CPU in float32 or float64 this runs the fused C++ recurrence of
+    :mod:`dien.layers.fused` (the same result, several times faster); elsewhere, or when the
+    extension cannot be built or ``DIEN_DISABLE_FUSED=1`` is set, the Python loop over steps
+    of :func:`run_recurrence_loop`. Arguments and results are those of the loop.
+    """
+    if kind not in RECURRENCE_KINDS:
+        raise ValueError(f"unknown recurrence kind {kind!r}")
+    if fused_supported(x_proj):
+        return fused_recurrence(kind, x_proj, attention, mask, weight_hh, bias_hh, h0)
+    return run_recurrence_loop(kind, x_proj, attention, mask, weight_hh, bias_hh, h0)
+
+
+def run_recurrence_loop(
+    kind: RecurrenceKind,
+    x_proj: Tensor,
+    attention: Tensor | None,
+    mask: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Tensor,
+    h0: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Run one recurrent layer given the input projections of all steps, a step at a time.
 
     Args:
         kind: the step rule (see :func:`recurrence_kind`).
@@ -151,9 +177,11 @@ class RecurrentLayer(nn.Module):
 
     The input projections of all steps are one matrix product before the loop over steps;
     the loop (:func:`run_recurrence`) does only the hidden-state projection and the gates.
-    Plain GRU and AIGRU run through ``torch.nn.GRU`` (cuDNN on GPU) when ``use_torch_gru``;
-    padded steps then run too but are masked out of the outputs and the final state, which is
-    gathered at each row's last valid step.
+    Where the fused CPU recurrence applies (see :func:`run_recurrence`), every cell runs it,
+    being faster than ``torch.nn.GRU`` on CPU. Elsewhere (GPU), plain GRU and AIGRU run
+    through ``torch.nn.GRU`` (cuDNN) when ``use_torch_gru``; padded steps then run too but are
+    masked out of the outputs and the final state, which is gathered at each row's last valid
+    step.
 
     Parameters are initialised as ``torch.nn.GRU`` does: uniform in +-1/sqrt(H).
     """
@@ -203,7 +231,7 @@ class RecurrentLayer(nn.Module):
             inputs = inputs * attention[..., None]  # (B, T, I)
         if T == 0:
             return inputs.new_zeros(B, 0, self.hidden_size), inputs.new_zeros(B, self.hidden_size)
-        if self.kind == "gru" and self.use_torch_gru:
+        if self.kind == "gru" and self.use_torch_gru and not fused_supported(inputs):
             outputs, _ = self.gru(inputs)  # (B, T, H)
             outputs = outputs * mask[..., None].to(outputs.dtype)  # (B, T, H)
             return outputs, final_from_outputs(outputs, mask)
