@@ -1,0 +1,231 @@
+"""The fused C++ recurrence against a per-row, per-step reference written here.
+
+Compiling the extension takes 30-90 s the first time on a machine; PyTorch caches the build
+(under ~/.cache/torch_extensions), so later runs only load it. These tests are in the default
+run so that the fused path is always covered. Where no compiler is available they are skipped,
+and the test of the fallback checks that the Python loop then takes over.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import dien.layers.fused as fused
+from dien.layers.recurrent import RecurrentLayer, run_recurrence, run_recurrence_loop
+
+KINDS = ["gru", "agru", "augru_paper", "augru_authors"]
+H = 4
+# (lengths, T): random lengths with 0, batch size 1, all rows empty, T = 0, a full batch
+SHAPES = [([0, 3, 6, 1, 6], 6), ([4], 4), ([0], 3), ([2, 0, 5], 7), ([0, 0], 0), ([3, 3], 3)]
+
+
+@pytest.fixture(scope="module")
+def extension():
+    ext = fused.load_extension()
+    if ext is None:
+        pytest.skip("the fused recurrence could not be compiled here")
+    return ext
+
+
+def reference(kind, x_proj, a, mask, w_hh, b_hh, h0):
+    """One row and one step at a time; a padded step keeps the state and outputs zeros."""
+    B, T, _ = x_proj.shape
+    outputs = torch.zeros(B, T, H, dtype=x_proj.dtype)
+    finals = []
+    for b in range(B):
+        h = h0[b]
+        for t in range(T):
+            if not mask[b, t]:
+                continue
+            hp = w_hh @ h + b_hh
+            x = x_proj[b, t]
+            r = torch.sigmoid(x[:H] + hp[:H])
+            if kind == "agru":
+                candidate = torch.tanh(x[H:] + r * hp[H:])
+                c = a[b, t]
+            else:
+                u = 1 - torch.sigmoid(x[H : 2 * H] + hp[H : 2 * H])  # the paper's update gate
+                candidate = torch.tanh(x[2 * H :] + r * hp[2 * H :])
+                c = {
+                    "gru": u,
+                    "augru_paper": a[b, t] * u,
+                    "augru_authors": u + a[b, t] * (1 - u),
+                }[kind]
+            h = (1 - c) * h + c * candidate
+            outputs[b, t] = h
+        finals.append(h)
+    return outputs, torch.stack(finals) if finals else h0
+
+
+def random_inputs(kind, lengths, T, seed, dtype=torch.float64, hole=False):
+    g = torch.Generator().manual_seed(seed)
+    B, G = len(lengths), 2 if kind == "agru" else 3
+
+    def rand(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, dtype=dtype)).requires_grad_()
+
+    x_proj = rand(B, T, G * H)
+    attention = torch.rand(B, T, generator=g, dtype=dtype).requires_grad_()
+    w_hh, b_hh, h0 = rand(G * H, H, scale=0.7), rand(G * H), rand(B, H)
+    mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+    if hole and T > 2:
+        mask[:, 1] = False  # a padded step inside the history: the state must be carried
+    return x_proj, attention, mask, w_hh, b_hh, h0
+
+
+def weighted_sum(outputs, final, seed, parts=("outputs", "final")):
+    g = torch.Generator().manual_seed(seed)
+    R1 = torch.randn(outputs.shape, generator=g, dtype=outputs.dtype)
+    R2 = torch.randn(final.shape, generator=g, dtype=final.dtype)
+    total = torch.zeros((), dtype=outputs.dtype)
+    if "outputs" in parts:
+        total = total + (outputs * R1).sum()
+    if "final" in parts:
+        total = total + (final * R2).sum()
+    return total
+
+
+def gradients(loss, wrt):
+    if not loss.requires_grad:  # the reference of an all-empty batch: nothing depends on wrt
+        return [torch.zeros_like(w) for w in wrt]
+    got = torch.autograd.grad(loss, wrt, allow_unused=True, retain_graph=True)
+    return [torch.zeros_like(w) if d is None else d for w, d in zip(wrt, got, strict=True)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("lengths,T", SHAPES)
+def test_fused_matches_reference_values_and_gradients(extension, kind, lengths, T):
+    x_proj, a, mask, w_hh, b_hh, h0 = random_inputs(kind, lengths, T, seed=len(lengths) + T)
+    attention = None if kind == "gru" else a
+    wrt = [x_proj, a, w_hh, b_hh, h0]
+
+    outputs, final = fused.fused_recurrence(kind, x_proj, attention, mask, w_hh, b_hh, h0)
+    ref_outputs, ref_final = reference(kind, x_proj, a, mask, w_hh, b_hh, h0)
+    torch.testing.assert_close(outputs, ref_outputs, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(final, ref_final, rtol=1e-12, atol=1e-13)
+    if T == 0:
+        return
+
+    # gradients of the outputs and final state together, then of each alone (the models use
+    # one or the other, and autograd then passes no gradient for the unused one)
+    for parts in (("outputs", "final"), ("outputs",), ("final",)):
+        outputs, final = fused.fused_recurrence(kind, x_proj, attention, mask, w_hh, b_hh, h0)
+        got = gradients(weighted_sum(outputs, final, 5, parts), wrt)
+        want = gradients(weighted_sum(ref_outputs, ref_final, 5, parts), wrt)
+        names = ["x_proj", "attention", "weight_hh", "bias_hh", "h0"]
+        for name, g_got, g_want in zip(names, got, want, strict=True):
+            torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_carries_the_state_over_a_padded_step_inside_a_row(extension, kind):
+    x_proj, a, mask, w_hh, b_hh, h0 = random_inputs(kind, [5, 4, 1], 5, seed=11, hole=True)
+    attention = None if kind == "gru" else a
+    got = fused.fused_recurrence(kind, x_proj, attention, mask, w_hh, b_hh, h0)
+    want = reference(kind, x_proj, a, mask, w_hh, b_hh, h0)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-13)
+    wrt = [x_proj, a, w_hh, b_hh, h0]
+    got_grads = gradients(weighted_sum(*got, 3), wrt)
+    want_grads = gradients(weighted_sum(*want, 3), wrt)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_passes_gradcheck(extension, kind):
+    x_proj, a, mask, w_hh, b_hh, h0 = random_inputs(kind, [3, 0, 2], 3, seed=7)
+    if kind == "gru":
+        inputs = (x_proj, w_hh, b_hh, h0)
+
+        def f(x, w, b, h):
+            return fused.fused_recurrence(kind, x, None, mask, w, b, h)
+    else:
+        inputs = (x_proj, a, w_hh, b_hh, h0)
+
+        def f(x, att, w, b, h):
+            return fused.fused_recurrence(kind, x, att, mask, w, b, h)
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_float32_and_no_grad_agree_with_the_loop(extension, kind):
+    lengths = [7, 0, 3, 7, 1, 5]
+    x_proj, a, mask, w_hh, b_hh, h0 = random_inputs(kind, lengths, 7, 3, dtype=torch.float32)
+    attention = None if kind == "gru" else a
+    args = (kind, x_proj, attention, mask, w_hh, b_hh, h0)
+    got = fused.fused_recurrence(*args)
+    want = run_recurrence_loop(*args)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=2e-6)
+    wrt = [x_proj, a, w_hh, b_hh, h0]
+    got_grads = gradients(weighted_sum(*got, 1), wrt)
+    want_grads = gradients(weighted_sum(*want, 1), wrt)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        outputs, final = fused.fused_recurrence(*args)
+    assert not outputs.requires_grad
+    torch.testing.assert_close(outputs, got[0].detach(), rtol=0, atol=0)
+    torch.testing.assert_close(final, got[1].detach(), rtol=0, atol=0)
+
+
+def test_run_recurrence_takes_the_fused_path_and_the_switch_turns_it_off(extension, monkeypatch):
+    calls = []
+    real = fused.load_extension
+
+    def counting():
+        calls.append(1)
+        return real()
+
+    x_proj, a, mask, w_hh, b_hh, h0 = random_inputs("augru_paper", [2, 1], 2, seed=1)
+    monkeypatch.delenv("DIEN_DISABLE_FUSED", raising=False)
+    monkeypatch.setattr(fused, "load_extension", counting)
+    run_recurrence("augru_paper", x_proj, a, mask, w_hh, b_hh, h0)
+    assert calls, "run_recurrence did not use the fused recurrence on CPU float64"
+
+    calls.clear()
+    monkeypatch.setenv("DIEN_DISABLE_FUSED", "1")
+    got = run_recurrence("augru_paper", x_proj, a, mask, w_hh, b_hh, h0)
+    assert not calls
+    want = reference("augru_paper", x_proj, a, mask, w_hh, b_hh, h0)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=1e-13)
+
+
+def test_a_failed_build_warns_once_and_falls_back_to_the_loop(monkeypatch, caplog):
+    from torch.utils import cpp_extension
+
+    def broken_load(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.delenv("DIEN_DISABLE_FUSED", raising=False)
+    monkeypatch.setattr(fused, "_extension", None)
+    monkeypatch.setattr(fused, "_failed", False)
+    monkeypatch.setattr(cpp_extension, "load", broken_load)
+    x_proj, a, mask, w_hh, b_hh, h0 = random_inputs("agru", [3, 1], 3, seed=2)
+    with caplog.at_level(logging.WARNING, logger="dien.layers.fused"):
+        first = run_recurrence("agru", x_proj, a, mask, w_hh, b_hh, h0)
+        run_recurrence("agru", x_proj, a, mask, w_hh, b_hh, h0)
+    warnings = [r for r in caplog.records if "could not be compiled" in r.getMessage()]
+    assert len(warnings) == 1 and "no compiler here" in warnings[0].getMessage()
+    want = reference("agru", x_proj, a, mask, w_hh, b_hh, h0)
+    torch.testing.assert_close(first[0], want[0], rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell", ["gru", "aigru"])
+def test_layer_fused_gru_equals_torch_gru(extension, cell, monkeypatch):
+    monkeypatch.delenv("DIEN_DISABLE_FUSED", raising=False)
+    torch.manual_seed(0)
+    layer = RecurrentLayer(3, H, cell).double()
+    x = torch.randn(4, 5, 3, dtype=torch.float64)
+    a = torch.rand(4, 5, dtype=torch.float64)
+    mask = torch.arange(5)[None, :] < torch.tensor([5, 0, 2, 4])[:, None]
+    fused_out = layer(x, mask, None if cell == "gru" else a)
+    monkeypatch.setenv("DIEN_DISABLE_FUSED", "1")
+    torch_out = layer(x, mask, None if cell == "gru" else a)  # through torch.nn.GRU
+    for f, t in zip(fused_out, torch_out, strict=True):
+        torch.testing.assert_close(f, t, rtol=1e-12, atol=1e-13)
