@@ -21,6 +21,7 @@ from dien.data.batch import Batch
 from dien.data.format import PreparedDataset
 from dien.serve import RequestError, Scorer, ServeConfig
 from dien.serve.batcher import MicroBatcher
+from dien.serve.scorer import length_groups
 from dien.train.inference import load_run, score_split
 from dien.train.loop import Trainer
 from tests.tiny_data import make_tiny_dataset
@@ -144,6 +145,16 @@ def test_batched_requests_score_like_the_eager_model_alone(run_dir, dataset, sha
         np.testing.assert_allclose(result.attention, want_a[:, :L], atol=1e-6)
         if L:
             np.testing.assert_allclose(result.attention.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_length_groups_partition_requests_and_keep_long_histories_apart():
+    lengths = [10, 100, 12, 0, 11, 95, 3]
+    groups = length_groups(lengths, [100] * len(lengths))
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert [[lengths[i] for i in g] for g in groups] == [[0], [3], [10, 11, 12], [95, 100]]
+    assert length_groups([5, 5, 5], [1, 1, 1]) == [[0, 1, 2]]
+    assert length_groups([0, 100], [1, 1]) == [[0], [1]]
+    assert length_groups([], []) == []
 
 
 def test_batcher_returns_each_result_to_its_caller_and_respects_the_weight_limit():

@@ -141,7 +141,22 @@ class Scorer:
         return items, categories
 
     def score(self, requests: Sequence[EncodedRequest]) -> list[ScoredRequest]:
-        """Score a batch of requests in one pass of the model (no gradients)."""
+        """Score a batch of requests, in passes of the model over groups of similar length.
+
+        Requests are padded to their group's longest history, and the interest evolution
+        runs over every padded step of every candidate, so one long history in a group of
+        short ones would multiply its cost: :func:`length_groups` keeps apart requests whose
+        lengths differ enough for padding to cost more than a separate pass.
+        """
+        lengths = [len(r.hist_items) for r in requests]
+        results: dict[int, ScoredRequest] = {}
+        for group in length_groups(lengths, [len(r.items) for r in requests]):
+            scored = self._score_group([requests[i] for i in group])
+            results.update(zip(group, scored, strict=True))
+        return [results[i] for i in range(len(requests))]
+
+    def _score_group(self, requests: Sequence[EncodedRequest]) -> list[ScoredRequest]:
+        """Score requests in one pass of the model (no gradients)."""
         with torch.inference_mode():
             batch, counts = self._history_batch(requests)
             items = torch.from_numpy(np.concatenate([r.items for r in requests]))  # (C,)
@@ -226,3 +241,33 @@ def select_rows(history: HistoryEncoding, rows: Tensor) -> HistoryEncoding:
         for f in fields(history)
     }
     return replace(history, **picked)
+
+
+# One more pass of the model costs about as much as this many extra candidate rows per step.
+PASS_OVERHEAD_ROWS = 64
+
+
+def length_groups(lengths: Sequence[int], candidates: Sequence[int]) -> list[list[int]]:
+    """Indices of requests grouped so that padding to a group's longest history pays off.
+
+    Sorted by history length, a request joins the previous group when the padded cost
+    ``(rows + PASS_OVERHEAD_ROWS) * (longest + 1)`` of the joined group is no more than the
+    two costs apart; ``rows`` counts candidates, the ``+ 1`` stands for the work outside the
+    loop over steps (embeddings, attention, the output MLP).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    rows = 0
+    for i in order:
+        if groups:
+            steps_before, steps = lengths[groups[-1][-1]] + 1, lengths[i] + 1
+            apart = (rows + PASS_OVERHEAD_ROWS) * steps_before
+            apart += (candidates[i] + PASS_OVERHEAD_ROWS) * steps
+            joined = (rows + candidates[i] + PASS_OVERHEAD_ROWS) * steps
+            if joined <= apart:
+                groups[-1].append(i)
+                rows += candidates[i]
+                continue
+        groups.append([i])
+        rows = candidates[i]
+    return groups
