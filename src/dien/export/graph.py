@@ -120,9 +120,15 @@ class ScriptedRecurrentLayer(nn.Module):
 
 
 def exportable_copy(model: CTRModel) -> CTRModel:
-    """A deep copy of ``model`` in eval mode with every recurrent layer scripted."""
+    """A deep copy of ``model`` in eval mode with every recurrent layer scripted.
+
+    Embedding tables of the copy are marked dense: sparse gradients are a training matter,
+    and a lookup specialised for them must not reach an inference graph.
+    """
     clone = copy.deepcopy(model).eval()
     for module in list(clone.modules()):
+        if isinstance(module, nn.Embedding):
+            module.sparse = False
         for child_name, child in list(module.named_children()):
             if isinstance(child, RecurrentLayer):
                 setattr(module, child_name, ScriptedRecurrentLayer(child))
