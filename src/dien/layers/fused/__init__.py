@@ -100,7 +100,7 @@ def fused_supported(x_proj: Tensor) -> bool:
 
 class _FusedRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kind_code, x_proj, attention, mask, weight_hh, bias_hh, h0):  # type: ignore[override]
+    def forward(ctx, kind_code, x_proj, attention, mask, weight_hh, bias_hh, h0):  # type: ignore
         ext = load_extension()
         assert ext is not None
         outputs, final, gates, hidden_n, previous, perm, counts = ext.forward(
@@ -113,7 +113,7 @@ class _FusedRecurrence(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_outputs, grad_final):  # type: ignore[override]
+    def backward(ctx, grad_outputs, grad_final):  # type: ignore
         ext = load_extension()
         assert ext is not None
         attention, mask, weight_hh, gates, hidden_n, previous, perm, counts = ctx.saved_tensors

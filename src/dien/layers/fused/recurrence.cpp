@@ -304,10 +304,12 @@ void check_inputs(int64_t kind, const at::Tensor& x_proj, const at::Tensor& atte
                   const at::Tensor& bias_hh, const at::Tensor& h0) {
   const int64_t G = kind == kAgru ? 2 : 3;
   TORCH_CHECK(x_proj.device().is_cpu(), "the fused recurrence runs on CPU tensors only");
-  TORCH_CHECK(x_proj.dim() == 3 && x_proj.is_contiguous(), "x_proj must be contiguous (B, T, G*H)");
+  TORCH_CHECK(x_proj.dim() == 3 && x_proj.is_contiguous(),
+              "x_proj must be contiguous (B, T, G*H)");
   const int64_t B = x_proj.size(0), T = x_proj.size(1), H = weight_hh.size(1);
   TORCH_CHECK(x_proj.size(2) == G * H, "x_proj width must be G*H");
-  TORCH_CHECK(weight_hh.is_contiguous() && weight_hh.size(0) == G * H, "weight_hh must be (G*H, H)");
+  TORCH_CHECK(weight_hh.is_contiguous() && weight_hh.size(0) == G * H,
+              "weight_hh must be (G*H, H)");
   TORCH_CHECK(bias_hh.is_contiguous() && bias_hh.numel() == G * H, "bias_hh must be (G*H,)");
   TORCH_CHECK(h0.is_contiguous() && h0.size(0) == B && h0.size(1) == H, "h0 must be (B, H)");
   TORCH_CHECK(mask.scalar_type() == at::kBool && mask.is_contiguous(), "mask must be bool");
