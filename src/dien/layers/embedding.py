@@ -51,7 +51,7 @@ class EmbeddingLayer(nn.Module):
 
     def items(self, items: Tensor, categories: Tensor) -> Tensor:
         """Embed items of any shape ``(...)`` as ``(..., 2D)``: concat(item, category)."""
-        return torch.cat([self.item(items), self.category(categories)], dim=-1)
+        return torch.cat([lookup(self.item, items), lookup(self.category, categories)], dim=-1)
 
     def forward(self, batch: Batch, with_negatives: bool = False) -> EmbeddedBatch:
         """Embed the user, the target item, the behaviour sequence and optionally negatives."""
@@ -61,11 +61,27 @@ class EmbeddingLayer(nn.Module):
                 raise ValueError("auxiliary-loss negatives requested but the batch has none")
             negatives = self.items(batch.neg_items, batch.neg_cats)  # (B, T, K, 2D)
         return EmbeddedBatch(
-            user=self.user(batch.user),  # (B, D)
+            user=lookup(self.user, batch.user),  # (B, D)
             target=self.items(batch.item, batch.category),  # (B, 2D)
             behaviours=self.items(batch.hist_items, batch.hist_cats),  # (B, T, 2D)
             negatives=negatives,
         )
+
+
+def lookup(table: nn.Embedding, ids: Tensor) -> Tensor:
+    """``table(ids)``, with each distinct id looked up once for sparse tables on the CPU.
+
+    A sparse gradient holds one row per looked-up id, duplicates included: a history batch of
+    128 x 100 ids gives 12,800 rows that the optimizer must first sort and merge, although a
+    batch names a few thousand distinct items and a few dozen categories. Looking up the
+    distinct ids and gathering them back makes the sparse gradient one row per distinct id;
+    the values are identical. On CUDA the plain lookup is kept, because ``torch.unique`` has a
+    data-dependent size and would make every step wait for the device.
+    """
+    if not (table.sparse and ids.device.type == "cpu"):
+        return table(ids)  # (..., D)
+    distinct, position = torch.unique(ids, return_inverse=True)  # (U,), same shape as ids
+    return table(distinct)[position]  # (..., D)
 
 
 @torch.no_grad()

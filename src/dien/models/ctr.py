@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from dien.config import ModelConfig
 from dien.data.batch import Batch, VocabSizes
 from dien.layers.auxiliary import AuxiliaryLoss
-from dien.layers.embedding import EmbeddingLayer
+from dien.layers.embedding import EmbeddingLayer, lookup
 from dien.layers.mlp import MLP
 
 
@@ -92,7 +92,7 @@ class CTRModel(nn.Module):
         mask = batch.history_mask()  # (B, T)
         behaviours = self.embedding.items(batch.hist_items, batch.hist_cats)  # (B, T, E)
         pooled = (behaviours * mask[..., None].to(behaviours.dtype)).sum(dim=1)  # (B, E)
-        user = self.embedding.user(batch.user)  # (B, D)
+        user = lookup(self.embedding.user, batch.user)  # (B, D)
         return HistoryEncoding(user=user, behaviours=behaviours, mask=mask, pooled=pooled)
 
     def score(
