@@ -7,6 +7,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from model_fixtures import TINY, VOCAB
+from tiny_data import make_tiny_dataset
 
 from dien.cli.main import main
 from dien.config import MODEL_NAMES, Config
@@ -17,8 +19,6 @@ from dien.layers.recurrent import RecurrentLayer
 from dien.models import build_model
 from dien.train.inference import load_run
 from dien.train.loop import Trainer
-from tests.model_fixtures import TINY, VOCAB
-from tests.tiny_data import make_tiny_dataset
 
 SMALL = dict(
     embedding_dim=4, hidden_size=6, mlp_sizes=(8,), attention_mlp_sizes=(6,), aux_mlp_sizes=(6,)

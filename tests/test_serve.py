@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from tiny_data import make_tiny_dataset
 
 from dien.config import Config
 from dien.data.batch import Batch
@@ -24,7 +25,6 @@ from dien.serve.batcher import MicroBatcher
 from dien.serve.scorer import length_groups
 from dien.train.inference import load_run, score_split
 from dien.train.loop import Trainer
-from tests.tiny_data import make_tiny_dataset
 
 SMALL = dict(
     embedding_dim=4, hidden_size=6, mlp_sizes=(8,), attention_mlp_sizes=(6,), aux_mlp_sizes=(6,)
