@@ -88,23 +88,32 @@ def build_optimizers(model: CTRModel, config: TrainConfig) -> list[torch.optim.O
 
 
 def eval_loader(split: SplitArrays, data: DataConfig) -> BatchLoader:
+    """Batches of similar history lengths, in a fixed order, for scoring a whole split."""
     return BatchLoader(
         split,
         batch_size=data.eval_batch_size,
         max_history=data.max_history,
         shuffle=False,
         seed=0,
+        bucket_by_length=True,
     )
 
 
 @torch.no_grad()
 def predict_logits(model: CTRModel, loader: BatchLoader, device: torch.device) -> np.ndarray:
-    """Logits of every sample of the loader, in the split's order, in eval mode."""
+    """Logits of every sample of the loader's split, in the split's order, in eval mode.
+
+    The loader may group samples by history length; each batch's logits are written back to
+    its samples' positions.
+    """
     was_training = model.training
     model.eval()
-    chunks = [model(batch.without_label().to(device)).logit.float().cpu() for batch in loader]
+    logits = np.zeros(len(loader.split), np.float32)
+    for position, index in enumerate(loader.batch_indices()):
+        batch = loader.assemble(index, position).without_label().to(device)
+        logits[index] = model(batch).logit.float().cpu().numpy()  # (B,)
     model.train(was_training)
-    return torch.cat(chunks).numpy() if chunks else np.zeros(0, np.float32)
+    return logits
 
 
 def evaluate_split(
