@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     args = parser.parse_args(argv)
 
+    load_before = os.getloadavg()[0]
     run_dir = prepare_run(args.work, args.samples)
     bodies = request_bodies(args.work / "data", 256)
     lengths = [len(json.loads(b)["history"]) for b in bodies]
@@ -251,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"DIEN at paper sizes, 1 user x {CANDIDATES} candidates per request, history length "
         f"mean {np.mean(lengths):.1f} (max {max(lengths)}); server: 1 process, "
-        f"{args.threads} torch thread(s); {os.cpu_count()} CPUs, {platform.processor() or '?'}"
+        f"{args.threads} torch thread(s); {os.cpu_count()} CPUs {platform.machine()}; "
+        f"load average at start {load_before:.1f}"
     )
     print(table(rows))
     print(PAPER)
