@@ -110,6 +110,9 @@ class TrainConfig:
         0, "Stop after N validation checks without a better validation AUC; 0 = never."
     )
     device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (cuda when available).")
+    threads: int = _opt(
+        0, "CPU threads for torch's operators; 0 keeps torch's default (one per core)."
+    )
     deterministic: bool = _opt(False, "Use deterministic kernels (slower on GPU).")
     progress: bool = _opt(True, "Show a progress bar when writing to a terminal.")
 

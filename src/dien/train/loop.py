@@ -144,6 +144,8 @@ class Trainer:
             self._start()
 
     def _seed_everything(self) -> None:
+        if self.config.train.threads:
+            torch.set_num_threads(self.config.train.threads)
         torch.manual_seed(self.config.train.seed)
         if self.config.train.deterministic:
             torch.use_deterministic_algorithms(True)
