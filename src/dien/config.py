@@ -109,6 +109,16 @@ class TrainConfig:
     early_stopping_patience: int = _opt(
         0, "Stop after N validation checks without a better validation AUC; 0 = never."
     )
+    checkpoint_interval: int = _opt(
+        1000,
+        "Also save checkpoints/last.pt every N training steps, so a killed run loses at most "
+        "N steps; 0 = only at evaluations and epoch ends.",
+    )
+    on_nonfinite: Literal["stop", "skip"] = _opt(
+        "stop",
+        "On a non-finite loss or gradient: stop with an error naming the step and the last "
+        "good checkpoint, or skip that step's update (costs one host sync per step).",
+    )
     device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (cuda when available).")
     threads: int = _opt(
         0, "CPU threads for torch's operators; 0 keeps torch's default (one per core)."
@@ -235,6 +245,12 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.lr_decay must lie in (0, 1], got {t.lr_decay}")
     if t.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate must be > 0, got {t.learning_rate}")
+    for name, value in {
+        "train.checkpoint_interval": t.checkpoint_interval,
+        "train.eval_interval": t.eval_interval,
+    }.items():
+        if value < 0:
+            raise ConfigError(f"{name} must be >= 0 (0 turns it off), got {value}")
 
 
 def _toml_value(value: Any) -> str:

@@ -8,14 +8,40 @@ at log intervals, so a step never waits for the host. The learning rate is
 The best checkpoint is chosen on the validation split's AUC, never on test. A dataset without a
 validation split (the paper's Amazon protocol has none) keeps the last checkpoint as the best
 one and says so in the log and in ``results.json``.
+
+Crash recovery. ``checkpoints/last.pt`` is written atomically at the start, every
+``train.checkpoint_interval`` steps, at each evaluation and at each epoch end. It holds the
+model, both optimizers' states, the :class:`Progress` (epoch, batch within the epoch, step),
+the torch random states (CPU, and CUDA where used), the loss sums of the unfinished log window
+and the length of ``metrics.jsonl`` at that moment. The loader needs no state: its shuffling
+and auxiliary-loss negatives derive from (seed, epoch, batch position). So a run killed at any
+point (``kill -9`` included) and continued with ``--resume`` rewinds ``metrics.jsonl`` to the
+checkpoint, replays the same batches with the same states and ends with the same metrics as a
+run that never stopped (bit for bit on CPU with ``train.deterministic``). Only the steps after
+the last checkpoint are computed twice. For tests of this, the environment variable
+``DIEN_TEST_STEP_DELAY`` (seconds) makes every step sleep, so a kill can land mid-epoch.
+
+Non-finite numbers. After each backward pass, a flag on the device records the first step
+whose loss or gradient holds a NaN or an infinity (a gradient counts as non-finite when its
+sum is, which NaN and infinite entries always make it). With ``train.on_nonfinite = "stop"``
+the flag is read only where the host reads numbers anyway: at each log line, before each
+checkpoint and before each evaluation. A bad step is therefore noticed up to
+``log_interval`` steps late, during which the run computes on NaN weights, but no step waits
+for the device, and no checkpoint is ever written from a state after a bad step: the run stops
+with :class:`NonFiniteError`, naming the bad step and the last good checkpoint. With
+``"skip"`` the flag must be read before every optimizer step (one host sync per step, which
+costs little on CPU and stalls the GPU queue on CUDA); a bad step's update is dropped, the
+step is counted in ``results.json`` as ``skipped_steps`` and training goes on.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +57,14 @@ from dien.data.format import PreparedDataset, SplitArrays
 from dien.data.loader import BatchLoader
 from dien.data.sampling import NegativeSampler
 from dien.models import CTRModel, build_model
-from dien.train.checkpoint import load_checkpoint, save_checkpoint
+from dien.train.checkpoint import (
+    check_free_space,
+    check_writable,
+    estimate_checkpoint_bytes,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from dien.train.metrics import Metrics, compute_metrics
 from dien.train.plots import plot_learning_curves
 from dien.train.report import write_report
@@ -52,6 +85,11 @@ class Progress:
     best_step: int = -1
     stale_evals: int = 0
     stopped_early: bool = False
+    skipped_steps: int = 0  # updates dropped for a non-finite loss or gradient
+
+
+class NonFiniteError(ValueError):
+    """A training step produced a NaN or infinite loss or gradient (``on_nonfinite="stop"``)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +176,10 @@ class Trainer:
         self.optimizers = build_optimizers(self.model, config.train)
         self.train_loader = self._train_loader()
         self.valid = self._split_or_none("valid")
+        self._window = _LossWindow(self.device)
+        self._guard = _NonFiniteGuard(self.device)
+        self._saved_at: tuple[int, int] | None = None  # (epoch, step) of the last.pt on disk
+        self._step_delay = float(os.environ.get("DIEN_TEST_STEP_DELAY", "0") or 0)
         if resume:
             self._resume()
         else:
@@ -176,13 +218,25 @@ class Trainer:
             aux_negatives=model.aux_negatives,
         )
 
+    def _check_storage(self) -> None:
+        """A clear error now, not after an epoch, if checkpoints cannot be written."""
+        check_writable(self.run.path)
+        existing = sum(
+            p.stat().st_size
+            for p in (self.run.last_checkpoint, self.run.best_checkpoint)
+            if p.is_file()
+        )
+        check_free_space(self.run.path, estimate_checkpoint_bytes([self.model]), existing)
+
     def _start(self) -> None:
         if self.run.config_path.exists():
             raise FileExistsError(
                 f"{self.run.path} already holds a run; pass --resume to continue it "
                 "or choose another --out"
             )
+        self._check_storage()
         self.run.create(self.config)
+        self._save_last()
 
     def _resume(self) -> None:
         saved = self.run.config()
@@ -193,12 +247,27 @@ class Trainer:
                 f"{self.run.path}: the data or model config differs from the run's config.toml; "
                 "resume with the same settings"
             )
+        self._check_storage()
+        for stale in remove_stale_temporaries(self.run.last_checkpoint.parent):
+            logger.info("removed %s, left by a write that was interrupted", stale)
+        if not self.run.last_checkpoint.is_file():
+            logger.warning("%s: no checkpoint yet; starting from step 0", self.run.path)
+            self._rewind_metrics(0)
+            self._save_last()
+            return
         state = load_checkpoint(self.run.last_checkpoint)
         self.model.load_state_dict(state["model"])
         for optimizer, saved_state in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved_state)
         self.progress = Progress(**state["progress"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if "loss_window" in state:
+            self._window.load_state(state["loss_window"])
+        if "metrics_bytes" in state:
+            self._rewind_metrics(state["metrics_bytes"])
+        self._saved_at = (self.progress.epoch, self.progress.step)
         logger.info(
             "resumed %s at epoch %d, step %d",
             self.run.path,
@@ -206,15 +275,40 @@ class Trainer:
             self.progress.step,
         )
 
+    def _rewind_metrics(self, size: int) -> None:
+        """Drop the metrics lines written after the checkpoint (or half-written by a kill)."""
+        path = self.run.metrics_path
+        if path.is_file() and path.stat().st_size > size:
+            with path.open("r+b") as f:
+                f.truncate(size)
+
     def _checkpoint_state(self) -> dict[str, Any]:
+        cuda = self.device.type == "cuda"
         return {
             "model": self.model.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
             "progress": dataclasses.asdict(self.progress),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if cuda else None,
+            "loss_window": self._window.state(),
+            "metrics_bytes": self.run.metrics_path.stat().st_size,
             "config": self.config.to_dict(),
             "vocab_sizes": dataclasses.asdict(self.vocab),
         }
+
+    def _save_last(self) -> None:
+        """Write checkpoints/last.pt unless it already holds this state; never after a bad step."""
+        p = self.progress
+        if self._saved_at == (p.epoch, p.step):
+            return
+        self._guard.check(self._last_good())
+        save_checkpoint(self.run.last_checkpoint, self._checkpoint_state())
+        self._saved_at = (p.epoch, p.step)
+
+    def _last_good(self) -> str:
+        if self._saved_at is None or not self.run.last_checkpoint.is_file():
+            return "none was written"
+        return f"{self.run.last_checkpoint} (step {self._saved_at[1]})"
 
     def _set_learning_rate(self, epoch: int) -> float:
         lr = self.config.train.learning_rate * self.config.train.lr_decay**epoch
@@ -242,19 +336,27 @@ class Trainer:
             disable=not (t.progress and sys.stderr.isatty()),
             leave=False,
         )
-        window = _LossWindow(self.device)
+        window = self._window
+        if not window.steps:
+            window.reset()
         self.model.train()
         for batch in self.train_loader.iterate(p.batch):
-            window.add(*self._step(batch), batch.size)
+            losses = self._step(batch, p.step + 1)
+            if losses is not None:
+                window.add(*losses, batch.size)
             p.batch, p.step, p.samples = p.batch + 1, p.step + 1, p.samples + batch.size
             bar.update(1)
-            if p.step % t.log_interval == 0:
+            if p.step % t.log_interval == 0 and window.steps:
                 record = self._log(window, lr)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
             if t.eval_interval and p.step % t.eval_interval == 0:
                 self._validate()
                 if p.stopped_early:
                     break
+            if t.checkpoint_interval and p.step % t.checkpoint_interval == 0:
+                self._save_last()
+            if self._step_delay:
+                time.sleep(self._step_delay)
         bar.close()
         if window.steps:
             self._log(window, lr)
@@ -262,14 +364,16 @@ class Trainer:
             p.epoch, p.batch = p.epoch + 1, 0
             if not t.eval_interval:
                 self._validate()
-        save_checkpoint(self.run.last_checkpoint, self._checkpoint_state())
+        self._save_last()
 
     def _log(self, window: _LossWindow, lr: float) -> dict[str, Any]:
+        self._guard.check(self._last_good())
         record = window.flush(self.progress, lr, self.model.aux_loss_alpha)
         self.run.log(record)
         return record
 
-    def _step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _step(self, batch: Any, step: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """One update; its click and auxiliary losses, or None if it was skipped."""
         batch = batch.to(self.device, non_blocking=True)
         out = self.model(batch)
         click_loss = F.binary_cross_entropy_with_logits(out.logit, batch.label)  # ()
@@ -279,6 +383,16 @@ class Trainer:
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        bad = self._guard.observe(step, loss, self.model.parameters())
+        if self.config.train.on_nonfinite == "skip" and bool(bad):  # host sync
+            self._guard.forgive()
+            self.progress.skipped_steps += 1
+            logger.warning(
+                "step %d: non-finite loss or gradient; update skipped (%d so far)",
+                step,
+                self.progress.skipped_steps,
+            )
+            return None
         for optimizer in self.optimizers:
             optimizer.step()
         aux = None if out.aux_loss is None else out.aux_loss.detach()
@@ -286,10 +400,13 @@ class Trainer:
 
     def _validate(self) -> None:
         p = self.progress
+        self._guard.check(self._last_good())
         if self.valid is None:
             logger.warning("no validation split: the last checkpoint is kept as the best one")
             p.best_step = p.step
             save_checkpoint(self.run.best_checkpoint, self._checkpoint_state())
+            self._saved_at = None  # best_step changed at the same step
+            self._save_last()
             return
         metrics = evaluate_split(self.model, self.valid, self.config.data, self.device)
         improved = metrics.auc > p.best_auc
@@ -323,7 +440,8 @@ class Trainer:
             metrics.gauc,
             metrics.logloss,
         )
-        save_checkpoint(self.run.last_checkpoint, self._checkpoint_state())
+        self._saved_at = None  # the state changed (best_auc, stale_evals) at the same step
+        self._save_last()
 
     def _finish(self) -> TrainResult:
         best = load_checkpoint(self.run.best_checkpoint)
@@ -345,6 +463,7 @@ class Trainer:
             "steps": self.progress.step,
             "samples_seen": self.progress.samples,
             "stopped_early": self.progress.stopped_early,
+            "skipped_steps": self.progress.skipped_steps,
             "best_chosen_on": "valid" if self.valid is not None else "last checkpoint",
             "valid": None if valid is None else valid.as_dict(),
             "test": None if test is None else test.as_dict(),
@@ -411,3 +530,60 @@ class _LossWindow:
         }
         self.reset()
         return record
+
+    def state(self) -> dict[str, Any]:
+        """The unfinished window, saved in checkpoints so a resumed run logs the same losses."""
+        return {
+            "click": self.click.detach().cpu().clone(),
+            "aux": self.aux.detach().cpu().clone(),
+            "has_aux": self.has_aux,
+            "steps": self.steps,
+            "samples": self.samples,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.click = state["click"].to(self.device)
+        self.aux = state["aux"].to(self.device)
+        self.has_aux, self.steps, self.samples = state["has_aux"], state["steps"], state["samples"]
+        self.started = time.perf_counter()
+
+
+class _NonFiniteGuard:
+    """Remembers, on the device, the first steps with a non-finite loss and gradient."""
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((2,), -1, dtype=torch.int64, device=device)  # loss, gradient
+
+    def observe(
+        self, step: int, loss: torch.Tensor, parameters: Iterable[torch.nn.Parameter]
+    ) -> torch.Tensor:
+        """Record ``step`` if its loss or gradients are non-finite; the flag, left on the device."""
+        sums = [
+            (p.grad._values() if p.grad.is_sparse else p.grad).sum()
+            for p in parameters
+            if p.grad is not None
+        ]
+        grad_sum = torch.stack(sums).sum() if sums else torch.zeros((), device=loss.device)
+        bad = ~torch.isfinite(torch.stack([loss.detach(), grad_sum]))  # (2,)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+        return bad.any()
+
+    def forgive(self) -> None:
+        """Forget a bad step whose update was skipped."""
+        self.first_bad.fill_(-1)
+
+    def check(self, last_good: str) -> None:
+        """Raise :class:`NonFiniteError` if a bad step was seen (reads the flag: a host sync)."""
+        loss_step, grad_step = self.first_bad.tolist()
+        if loss_step < 0 and grad_step < 0:
+            return
+        if loss_step >= 0 and (grad_step < 0 or loss_step <= grad_step):
+            what, step = "loss", loss_step
+        else:
+            what, step = "gradient", grad_step
+        raise NonFiniteError(
+            f"non-finite {what} (NaN or infinity) at step {step}; training stopped. "
+            f"Last good checkpoint: {last_good}. Continue from it with `dien train --resume` "
+            'and, say, a lower learning rate, or set train.on_nonfinite = "skip" to drop '
+            "such steps' updates"
+        )
