@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dien import __version__
-from dien.cli import serving
+from dien.cli import reproduce, serving
 from dien.cli.flags import add_config_flags, config_from_args
 from dien.config import MODEL_NAMES, Config, ConfigError
 from dien.data.download import DownloadError
@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_readers(sub)
     _add_demo(sub)
     serving.add_parsers(sub)
+    reproduce.add_parsers(sub)
     return parser
 
 
@@ -393,6 +394,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "demo": cmd_demo,
     **serving.COMMANDS,
+    **reproduce.COMMANDS,
 }
 
 
