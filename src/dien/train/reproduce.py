@@ -90,9 +90,9 @@ NOT_SETTINGS = (
 
 
 def table_models(table: TableName) -> tuple[str, ...]:
-    """The models of Table 2, Table 4, or both (DIEN once), in the paper's order."""
+    """The models of Table 2, Table 4, or both (DIEN once, last), in the paper's order."""
     if table == "all":
-        return tuple(dict.fromkeys(TABLES["2"] + TABLES["4"]))
+        return tuple(m for m in TABLES["2"] if m not in TABLES["4"]) + TABLES["4"]
     if table not in TABLES:
         raise ValueError(f"table must be 2, 4 or all, got {table!r}")
     return TABLES[table]
@@ -328,10 +328,10 @@ def plot_auc(rows: Sequence[SuiteRow], paper: str | None, out: Path) -> None:
     ax.set_xticks(x, [PAPER_NAMES[r.model] for r in rows], rotation=30, ha="right")
     finite = [h for h in heights if np.isfinite(h)] or [1.0]
     lows = [m for m in means - stds if np.isfinite(m)] or [0.5]
-    ax.set_ylim(min(0.5, min(lows) - 0.02), min(1.0, max(finite) + 0.03))
+    ax.set_ylim(min(0.5, min(lows) - 0.02), min(1.0, max(finite) + 0.06))
     ax.set_ylabel("test AUC")
     ax.set_title("Test AUC per model" + (f", beside the paper (Amazon {paper})" if paper else ""))
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", ncol=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
