@@ -146,6 +146,9 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def summarise(out: Path, model: str, seeds: Sequence[int]) -> SuiteRow:
     results = [RunFolder(run_dir_for(out, model, s)).results() for s in seeds]
+    for seed, r in zip(seeds, results, strict=True):
+        if not r.get("test"):
+            raise ValueError(f"{run_dir_for(out, model, seed)}: no test metrics (no test split)")
     auc_mean, auc_std = _mean_std([r["test"]["auc"] for r in results])
     gauc_mean, gauc_std = _mean_std([r["test"]["gauc"] for r in results])
     logloss_mean, logloss_std = _mean_std([r["test"]["logloss"] for r in results])
