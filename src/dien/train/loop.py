@@ -374,6 +374,9 @@ class Trainer:
 
     def _step(self, batch: Any, step: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """One update; its click and auxiliary losses, or None if it was skipped."""
+        skip_bad = self.config.train.on_nonfinite == "skip"
+        # forward() moves running statistics (Dice); a skipped step must not keep their change
+        buffers = [b.clone() for b in self.model.buffers()] if skip_bad else []
         batch = batch.to(self.device, non_blocking=True)
         out = self.model(batch)
         click_loss = F.binary_cross_entropy_with_logits(out.logit, batch.label)  # ()
@@ -384,7 +387,9 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
         bad = self._guard.observe(step, loss, self.model.parameters())
-        if self.config.train.on_nonfinite == "skip" and bool(bad):  # host sync
+        if skip_bad and bool(bad):  # host sync
+            for buffer, saved in zip(self.model.buffers(), buffers, strict=True):
+                buffer.copy_(saved)
             self._guard.forgive()
             self.progress.skipped_steps += 1
             logger.warning(
