@@ -36,8 +36,9 @@ def test_dice_eval_uses_running_statistics_and_ignores_the_rest_of_the_batch():
     out = dice(x)
     expected = dice_reference(x, dice.running_mean, dice.running_var, dice.alpha, dice.eps)
     torch.testing.assert_close(out, expected)
+    # a batch of one may take another vector kernel: equal to the last bits of float64
     for i in range(5):
-        torch.testing.assert_close(dice(x[i : i + 1]), out[i : i + 1], rtol=0, atol=0)
+        torch.testing.assert_close(dice(x[i : i + 1]), out[i : i + 1], rtol=0, atol=1e-15)
     other = torch.cat([x[:2], 100 * torch.randn(3, 3, dtype=torch.float64)])
     torch.testing.assert_close(dice(other)[:2], out[:2], rtol=0, atol=0)
 
