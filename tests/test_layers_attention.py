@@ -98,3 +98,26 @@ def test_attention_broadcasts_one_history_over_many_targets():
     one = attention(query, keys[:1], mask[:1])
     many = attention(query, keys[:1].expand(3, -1, -1), mask[:1].expand(3, -1))
     torch.testing.assert_close(one, many)
+
+
+def test_packed_and_padded_scoring_agree_in_values_and_gradients(monkeypatch):
+    """The CPU packs the valid steps; CUDA and export score every step. Both must agree."""
+    import dien.layers.attention as attention_module
+
+    torch.manual_seed(0)
+    attention = DIENAttention(6, 4, (5, 3)).double()
+    query, keys, mask = inputs([4, 1, 0, 2, 4], 4, seed=5)
+    query = torch.randn(5, 6, dtype=torch.float64)
+
+    def run():
+        attention.zero_grad()
+        q, k = query.clone().requires_grad_(), keys.clone().requires_grad_()
+        weights = attention(q, k, mask)
+        (weights * torch.arange(20.0, dtype=torch.float64).view(5, 4)).sum().backward()
+        return [weights, q.grad, k.grad, *(p.grad.clone() for p in attention.parameters())]
+
+    packed = run()
+    monkeypatch.setattr(attention_module, "packing_index", lambda mask: None)
+    padded = run()
+    for a, b in zip(packed, padded, strict=True):
+        torch.testing.assert_close(a, b)

@@ -76,3 +76,25 @@ def test_auxiliary_loss_without_pairs_is_zero_with_a_gradient_path(lengths, T):
     for p in aux.parameters():
         assert p.grad is not None and not bool(p.grad.any())
     assert not bool(interests.grad.any())
+
+
+def test_packed_and_padded_pairs_agree_in_values_and_gradients(monkeypatch):
+    """The CPU scores only the valid pairs; CUDA and export score all. Both must agree."""
+    import dien.layers.auxiliary as auxiliary_module
+
+    torch.manual_seed(0)
+    aux = AuxiliaryLoss(H, E, (4, 3)).double()
+    interests, behaviours, negatives, mask = random_case([4, 1, 0, 3, 2], 4, 3, seed=3)
+
+    def run():
+        aux.zero_grad()
+        tensors = [t.clone().requires_grad_() for t in (interests, behaviours, negatives)]
+        loss = aux(*tensors, mask)
+        loss.backward()
+        return [loss, *(t.grad for t in tensors), *(p.grad.clone() for p in aux.parameters())]
+
+    packed = run()
+    monkeypatch.setattr(auxiliary_module, "packing_index", lambda mask: None)
+    padded = run()
+    for a, b in zip(packed, padded, strict=True):
+        torch.testing.assert_close(a, b)

@@ -29,3 +29,26 @@ def test_sparse_tables_give_sparse_gradients_that_skip_padding():
     grad = layer.item.weight.grad
     assert grad.is_sparse
     assert not bool(grad.coalesce().to_dense()[0].any())
+
+
+def test_one_lookup_per_table_equals_one_lookup_per_tensor_in_values_and_gradients():
+    torch.manual_seed(0)
+    batch = make_batch([2, 0, 3], K=2)
+    grads = []
+    for together in (True, False):
+        torch.manual_seed(1)
+        layer = EmbeddingLayer(VOCAB, 3, sparse=True)
+        if together:
+            out = layer(batch, with_negatives=True)
+            parts = [out.target, out.behaviours, out.negatives]
+        else:
+            parts = [
+                layer.items(batch.item, batch.category),
+                layer.items(batch.hist_items, batch.hist_cats),
+                layer.items(batch.neg_items, batch.neg_cats),
+            ]
+        sum(p.sum() * (i + 1) for i, p in enumerate(parts)).backward()
+        grads.append([parts, layer.item.weight.grad.to_dense()])
+    for a, b in zip(grads[0][0], grads[1][0], strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(grads[0][1], grads[1][1])

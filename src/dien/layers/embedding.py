@@ -12,6 +12,7 @@ default of 1 makes sums over a long history very large at the start of training)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,18 +54,38 @@ class EmbeddingLayer(nn.Module):
         """Embed items of any shape ``(...)`` as ``(..., 2D)``: concat(item, category)."""
         return torch.cat([lookup(self.item, items), lookup(self.category, categories)], dim=-1)
 
+    def items_together(self, items: Sequence[Tensor], categories: Sequence[Tensor]) -> list[Tensor]:
+        """Embed several item id tensors with one lookup per table, each as ``(..., 2D)``.
+
+        The same values as one :meth:`items` call per tensor, but a sparse table then gets one
+        gradient per step (one row per distinct id) instead of one per call for the optimizer
+        to merge.
+        """
+        sizes = [ids.numel() for ids in items]
+        flat_items = torch.cat([ids.reshape(-1) for ids in items])  # (n,)
+        flat_categories = torch.cat([ids.reshape(-1) for ids in categories])  # (n,)
+        embedded = self.items(flat_items, flat_categories)  # (n, 2D)
+        return [
+            part.view(*ids.shape, self.item_dim)  # (..., 2D)
+            for part, ids in zip(embedded.split(sizes), items, strict=True)
+        ]
+
     def forward(self, batch: Batch, with_negatives: bool = False) -> EmbeddedBatch:
-        """Embed the user, the target item, the behaviour sequence and optionally negatives."""
-        negatives = None
+        """Embed the user, the target item, the behaviour sequence and optionally negatives,
+        with one lookup per table."""
+        items = [batch.item, batch.hist_items]
+        categories = [batch.category, batch.hist_cats]
         if with_negatives:
             if batch.neg_items is None or batch.neg_cats is None:
                 raise ValueError("auxiliary-loss negatives requested but the batch has none")
-            negatives = self.items(batch.neg_items, batch.neg_cats)  # (B, T, K, 2D)
+            items.append(batch.neg_items)
+            categories.append(batch.neg_cats)
+        target, behaviours, *negatives = self.items_together(items, categories)
         return EmbeddedBatch(
             user=lookup(self.user, batch.user),  # (B, D)
-            target=self.items(batch.item, batch.category),  # (B, 2D)
-            behaviours=self.items(batch.hist_items, batch.hist_cats),  # (B, T, 2D)
-            negatives=negatives,
+            target=target,  # (B, 2D)
+            behaviours=behaviours,  # (B, T, 2D)
+            negatives=negatives[0] if negatives else None,  # (B, T, K, 2D)
         )
 
 

@@ -25,8 +25,8 @@ class BaseModel(CTRModel):
         self.mlp = self.output_mlp(D + 4 * D)
 
     def score(
-        self, history: HistoryEncoding, item: Tensor, category: Tensor
+        self, history: HistoryEncoding, item: Tensor, category: Tensor, target: Tensor | None = None
     ) -> tuple[Tensor, None]:
-        target = self.embedding.items(item, category)  # (B, E)
+        target = self.target_embedding(item, category, target)  # (B, E)
         features = torch.cat([history.user, target, history.pooled], dim=-1)  # (B, D + 2E)
         return self.mlp(features)[:, 0], None  # (B,)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from dien.config import ModelConfig
 from dien.data.batch import Batch, VocabSizes
 from dien.layers.auxiliary import AuxiliaryLoss
-from dien.layers.embedding import EmbeddingLayer, lookup
+from dien.layers.embedding import EmbeddedBatch, EmbeddingLayer, lookup
 from dien.layers.mlp import MLP
 
 
@@ -82,42 +82,67 @@ class CTRModel(nn.Module):
         return MLP(in_features, self.config.mlp_sizes, self.config.activation)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        history = self.encode_history(batch)
-        logit, attention = self.score(history, batch.item, batch.category)  # (B,), (B, T)
-        return ModelOutput(logit, self.auxiliary_loss(history, batch), attention)
+        with_negatives = self.wants_negatives(batch)
+        embedded = self.embedding(batch, with_negatives)  # one lookup per table
+        history = self.encode_history(batch, embedded)
+        logit, attention = self.score(history, batch.item, batch.category, embedded.target)
+        aux_loss = None
+        if with_negatives:
+            assert embedded.negatives is not None
+            aux_loss = self.auxiliary_loss(history, embedded.negatives)  # ()
+        return ModelOutput(logit, aux_loss, attention)
 
-    def encode_history(self, batch: Batch) -> HistoryEncoding:
-        """User and behaviour embeddings and the sum-pooled history."""
-        B, T = batch.hist_items.shape
+    def encode_history(
+        self, batch: Batch, embedded: EmbeddedBatch | None = None
+    ) -> HistoryEncoding:
+        """User and behaviour embeddings and the sum-pooled history.
+
+        ``embedded``: the batch's embeddings when already looked up (by :meth:`forward`).
+        """
         mask = batch.history_mask()  # (B, T)
-        behaviours = self.embedding.items(batch.hist_items, batch.hist_cats)  # (B, T, E)
+        if embedded is None:
+            user = lookup(self.embedding.user, batch.user)  # (B, D)
+            behaviours = self.embedding.items(batch.hist_items, batch.hist_cats)  # (B, T, E)
+        else:
+            user, behaviours = embedded.user, embedded.behaviours  # (B, D), (B, T, E)
         pooled = (behaviours * mask[..., None].to(behaviours.dtype)).sum(dim=1)  # (B, E)
-        user = lookup(self.embedding.user, batch.user)  # (B, D)
         return HistoryEncoding(user=user, behaviours=behaviours, mask=mask, pooled=pooled)
 
     def score(
-        self, history: HistoryEncoding, item: Tensor, category: Tensor
+        self, history: HistoryEncoding, item: Tensor, category: Tensor, target: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        """The click logit ``(B,)`` of target items and the attention weights ``(B, T)``."""
+        """The click logit ``(B,)`` of target items and the attention weights ``(B, T)``.
+
+        ``target``: the targets' embeddings ``(B, E)`` when already looked up.
+        """
         raise NotImplementedError
 
-    def auxiliary_loss(self, history: HistoryEncoding, batch: Batch) -> Tensor | None:
-        """The auxiliary loss when this model has one and the batch carries negatives.
+    def target_embedding(self, item: Tensor, category: Tensor, target: Tensor | None) -> Tensor:
+        """``target`` when given, else the embeddings of ``item`` and ``category``: ``(B, E)``."""
+        return self.embedding.items(item, category) if target is None else target
 
-        Raises ValueError in training mode when the loss is on but the batch has no
-        negatives; in eval mode such a batch simply gets no auxiliary loss.
+    def wants_negatives(self, batch: Batch) -> bool:
+        """Whether this model computes the auxiliary loss on this batch.
+
+        True when the model has the loss on and the batch carries negatives. Raises ValueError
+        in training mode when the loss is on but the batch has no negatives; in eval mode such
+        a batch simply gets no auxiliary loss.
         """
         if self.auxiliary is None or self.aux_loss_alpha <= 0:
-            return None
+            return False
         if batch.neg_items is None or batch.neg_cats is None:
             if self.training:
                 raise ValueError(
                     f"the auxiliary loss is on (alpha={self.aux_loss_alpha}) but the batch has "
                     "no negatives (neg_items); sample them in the loader (aux_sampler)"
                 )
-            return None
-        negatives = self.embedding.items(batch.neg_items, batch.neg_cats)  # (B, T, K, E)
-        assert history.interests is not None
+            return False
+        return True
+
+    def auxiliary_loss(self, history: HistoryEncoding, negatives: Tensor) -> Tensor:
+        """The auxiliary loss ``()`` of the interest extractor, given the negatives' embeddings
+        ``(B, T, K, E)``."""
+        assert self.auxiliary is not None and history.interests is not None
         return self.auxiliary(history.interests, history.behaviours, negatives, history.mask)
 
     def sparse_parameters(self) -> list[nn.Parameter]:

@@ -27,6 +27,7 @@ from dien.config import ModelConfig
 from dien.data.batch import Batch, VocabSizes
 from dien.layers.attention import DIENAttention
 from dien.layers.auxiliary import AuxiliaryLoss
+from dien.layers.embedding import EmbeddedBatch
 from dien.layers.recurrent import CellKind, RecurrentLayer
 from dien.models.ctr import CTRModel, HistoryEncoding, target_features
 
@@ -55,16 +56,18 @@ class DIEN(CTRModel):
             self.auxiliary = AuxiliaryLoss(H, 2 * D, config.aux_mlp_sizes)
         self.mlp = self.output_mlp(D + 6 * D + H)
 
-    def encode_history(self, batch: Batch) -> HistoryEncoding:
+    def encode_history(
+        self, batch: Batch, embedded: EmbeddedBatch | None = None
+    ) -> HistoryEncoding:
         """Embeddings and the interest extractor: everything that does not see the target."""
-        history = super().encode_history(batch)
+        history = super().encode_history(batch, embedded)
         interests, _ = self.extractor(history.behaviours, history.mask)  # (B, T, H)
         return replace(history, interests=interests)
 
     def score(
-        self, history: HistoryEncoding, item: Tensor, category: Tensor
+        self, history: HistoryEncoding, item: Tensor, category: Tensor, target: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        target = self.embedding.items(item, category)  # (B, E)
+        target = self.target_embedding(item, category, target)  # (B, E)
         weights = None
         if self.attention is not None:
             weights = self.attention(target, history.interests, history.mask)  # (B, T)

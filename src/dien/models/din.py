@@ -29,9 +29,9 @@ class DIN(CTRModel):
         self.mlp = self.output_mlp(D + 8 * D)
 
     def score(
-        self, history: HistoryEncoding, item: Tensor, category: Tensor
+        self, history: HistoryEncoding, item: Tensor, category: Tensor, target: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        target = self.embedding.items(item, category)  # (B, E)
+        target = self.target_embedding(item, category, target)  # (B, E)
         interest, weights = self.attention(target, history.behaviours, history.mask)  # (B, E)
         features = torch.cat([target_features(history, target), interest], dim=-1)  # (B, D+4E)
         return self.mlp(features)[:, 0], weights  # (B,), (B, T)

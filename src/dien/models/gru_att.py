@@ -22,6 +22,7 @@ from torch import Tensor
 from dien.config import ModelConfig
 from dien.data.batch import Batch, VocabSizes
 from dien.layers.attention import DIENAttention
+from dien.layers.embedding import EmbeddedBatch
 from dien.layers.recurrent import RecurrentLayer
 from dien.models.ctr import CTRModel, HistoryEncoding, target_features
 
@@ -37,16 +38,18 @@ class GRUAttention(CTRModel):
         self.attention = DIENAttention(2 * D, H, config.attention_mlp_sizes)
         self.mlp = self.output_mlp(D + 6 * D + H)
 
-    def encode_history(self, batch: Batch) -> HistoryEncoding:
-        history = super().encode_history(batch)
+    def encode_history(
+        self, batch: Batch, embedded: EmbeddedBatch | None = None
+    ) -> HistoryEncoding:
+        history = super().encode_history(batch, embedded)
         first, _ = self.gru1(history.behaviours, history.mask)  # (B, T, H)
         second, _ = self.gru2(first, history.mask)  # (B, T, H)
         return replace(history, interests=second)
 
     def score(
-        self, history: HistoryEncoding, item: Tensor, category: Tensor
+        self, history: HistoryEncoding, item: Tensor, category: Tensor, target: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        target = self.embedding.items(item, category)  # (B, E)
+        target = self.target_embedding(item, category, target)  # (B, E)
         weights = self.attention(target, history.interests, history.mask)  # (B, T)
         interest = (weights[..., None] * history.interests).sum(dim=1)  # (B, H)
         features = torch.cat([target_features(history, target), interest], dim=-1)  # (B, D+3E+H)

@@ -32,10 +32,10 @@ class PNN(CTRModel):
         self.mlp = self.output_mlp(D + 4 * D + rows.numel())
 
     def score(
-        self, history: HistoryEncoding, item: Tensor, category: Tensor
+        self, history: HistoryEncoding, item: Tensor, category: Tensor, target: Tensor | None = None
     ) -> tuple[Tensor, None]:
         D = self.config.embedding_dim
-        target = self.embedding.items(item, category)  # (B, E)
+        target = self.target_embedding(item, category, target)  # (B, E)
         fields = torch.stack(
             [
                 history.user,

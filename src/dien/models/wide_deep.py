@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from dien.config import ModelConfig
 from dien.data.batch import Batch, VocabSizes
+from dien.layers.embedding import EmbeddedBatch
 from dien.models.ctr import CTRModel, HistoryEncoding
 
 
@@ -37,14 +38,16 @@ class WideDeep(CTRModel):
             nn.init.zeros_(table.weight)
         self.wide_cross = nn.Linear(4 * D, 1)
 
-    def encode_history(self, batch: Batch) -> HistoryEncoding:
-        history = super().encode_history(batch)
+    def encode_history(
+        self, batch: Batch, embedded: EmbeddedBatch | None = None
+    ) -> HistoryEncoding:
+        history = super().encode_history(batch, embedded)
         return replace(history, user_bias=self.wide_user(batch.user)[:, 0])  # (B,)
 
     def score(
-        self, history: HistoryEncoding, item: Tensor, category: Tensor
+        self, history: HistoryEncoding, item: Tensor, category: Tensor, target: Tensor | None = None
     ) -> tuple[Tensor, None]:
-        target = self.embedding.items(item, category)  # (B, E)
+        target = self.target_embedding(item, category, target)  # (B, E)
         deep_features = torch.cat([history.user, target, history.pooled], dim=-1)  # (B, D + 2E)
         deep = self.mlp(deep_features)[:, 0]  # (B,)
 
