@@ -20,6 +20,12 @@ from dien.data.format import DatasetError, PreparedDataset
 logger = logging.getLogger("dien")
 
 DEMO_MODELS = ("base", "din", "dien")
+# The demo keeps each user's 20 most recent behaviours (the paper caps at 100). MovieLens users
+# rate 149 movies on average, and a sum-pooled history of 100 ratings spread over years drowns
+# the recent taste that predicts the next one: the base model loses several points of AUC at
+# 100, and every model trains faster on shorter histories.
+DEMO_MAX_HISTORY = 20
+DEMO_SEEDS = 3
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -179,7 +185,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="Prepare the bundled MovieLens data and train base, din and dien on it.",
         description="Prepares the bundled MovieLens data, trains each model for each seed "
-        "(finished runs are reused), and prints test AUC, GAUC and logloss per model.",
+        "(finished runs are reused), and prints test AUC, GAUC and logloss per model. "
+        f"Histories keep the {DEMO_MAX_HISTORY} most recent behaviours unless "
+        "--max-history says otherwise.",
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="Output folder.")
     demo.add_argument(
@@ -187,7 +195,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         default=",".join(DEMO_MODELS),
         help=f"Comma-separated models (any of {', '.join(MODEL_NAMES)}).",
     )
-    demo.add_argument("--seeds", type=int, default=1, help="Seeds per model (0, 1, ...).")
+    demo.add_argument(
+        "--seeds", type=int, default=DEMO_SEEDS, help=f"Seeds per model (default {DEMO_SEEDS})."
+    )
     add_config_flags(demo)
 
 
@@ -370,7 +380,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 )
             )
         )
-    config = config_from_args(args, Config().replace("data", path=str(data_dir)))
+    base = Config().replace("data", path=str(data_dir), max_history=DEMO_MAX_HISTORY)
+    config = config_from_args(args, base)
 
     def report(model: str, seed: int, results: dict) -> None:
         t = results["test"]
