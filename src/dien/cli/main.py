@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dien import __version__
 from dien.cli import reproduce, serving
@@ -16,6 +17,9 @@ from dien.cli.flags import add_config_flags, config_from_args
 from dien.config import MODEL_NAMES, Config, ConfigError
 from dien.data.download import DownloadError
 from dien.data.format import DatasetError, PreparedDataset
+
+if TYPE_CHECKING:
+    from dien.train.distributed import World
 
 logger = logging.getLogger("dien")
 
@@ -311,16 +315,32 @@ def _describe_dataset(dataset: PreparedDataset) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train one model; under ``torchrun``, one of the processes that train it together."""
+    from dien.train import distributed
+
+    world = distributed.init_from_env()
+    if not world.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports for all
+    try:
+        return _train(args, world)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace, world: World) -> int:
+    from dien.train.distributed import on_main
     from dien.train.loop import Trainer
     from dien.train.run import RunFolder
 
     if args.resume:
-        config = config_from_args(args, RunFolder(args.out).config())
+        config = config_from_args(args, on_main(RunFolder(args.out).config, world))
     else:
         config = config_from_args(args)
     if not config.data.path:
         raise ConfigError("no dataset: pass --data DIR (a folder made by `dien prepare`)")
     result = Trainer(config, args.out, resume=args.resume).fit()
+    if not world.is_main:
+        return 0
     print(f"run {args.out}: best step {result.best_step}")
     for split, metrics in (("valid", result.valid), ("test", result.test)):
         if metrics is not None:

@@ -7,7 +7,9 @@ Each sample's behaviour sequence is cut to its most recent ``max_history`` steps
 is padded with id 0 to its own longest history. The sample order of an epoch and the
 auxiliary-loss negatives depend only on ``(seed, epoch)`` (negatives also on the batch's
 position in the epoch), so an epoch replays exactly, and a run resumed at batch ``j`` with
-:meth:`BatchLoader.iterate` sees the same remaining batches as one that never stopped.
+:meth:`BatchLoader.iterate` sees the same remaining batches as one that never stopped. In
+training across processes, each ``rank`` above 0 draws its negatives from its own stream
+(the shuffling is the same on every rank); rank 0 draws what a single process draws.
 
 With ``bucket_by_length`` the shuffled samples are cut into chunks of ``BUCKET_BATCHES``
 batches, each chunk is sorted by history length (stably), cut into batches, and the batches of
@@ -44,6 +46,7 @@ class BatchLoader:
         aux_sampler: NegativeSampler | None = None,
         aux_negatives: int = 1,
         drop_last: bool = False,
+        rank: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -53,6 +56,8 @@ class BatchLoader:
             raise ValueError(f"aux_negatives must be at least 1, got {aux_negatives}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if rank < 0:
+            raise ValueError(f"rank must be >= 0, got {rank}")
         self.split = split
         self.batch_size = batch_size
         self.max_history = max_history
@@ -62,9 +67,15 @@ class BatchLoader:
         self.aux_sampler = aux_sampler
         self.aux_negatives = aux_negatives
         self.drop_last = drop_last
+        self.rank = rank
         self.epoch = 0
         self._offsets = np.asarray(split.hist_offsets, np.int64)  # (N+1,)
         self._lengths = np.minimum(np.diff(self._offsets), max_history)  # (N,) truncated
+
+    @property
+    def history_lengths(self) -> np.ndarray:
+        """Each sample's history length after truncation to ``max_history``: ``(N,)``."""
+        return self._lengths
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order and auxiliary negatives the next iteration uses."""
@@ -120,7 +131,10 @@ class BatchLoader:
 
         neg_items = neg_cats = None
         if self.aux_sampler is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, position, _AUX_STREAM))
+            stream = (self.seed, self.epoch, position, _AUX_STREAM)
+            if self.rank:
+                stream += (self.rank,)  # a stream of its own for each rank above 0
+            rng = np.random.default_rng(stream)
             K = self.aux_negatives
             neg_items = np.zeros((len(index), T, K), np.int64)  # (B, T, K)
             neg_cats = np.zeros((len(index), T, K), np.int64)  # (B, T, K)

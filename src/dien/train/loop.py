@@ -21,6 +21,13 @@ run that never stopped (bit for bit on CPU with ``train.deterministic``). Only t
 the last checkpoint are computed twice. For tests of this, the environment variable
 ``DIEN_TEST_STEP_DELAY`` (seconds) makes every step sleep, so a kill can land mid-epoch.
 
+Several processes. Started by ``torchrun``, each process trains on its rows of every global
+batch of ``data.batch_size`` samples, through DistributedDataParallel, and all of them score
+the evaluation splits together (see :mod:`dien.train.distributed`). The :class:`Progress` counts
+global batches, steps and samples, the checkpoint holds the unwrapped model and rank 0's
+states, and the loss sums of the log window are summed over the ranks before they are saved,
+so a checkpoint continues on any number of processes. Only rank 0 touches the run folder.
+
 Non-finite numbers. After each backward pass, a flag on the device records the first step
 whose loss or gradient holds a NaN or an infinity (a gradient counts as non-finite when its
 sum is, which NaN and infinite entries always make it). With ``train.on_nonfinite = "stop"``
@@ -41,7 +48,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +64,7 @@ from dien.data.format import PreparedDataset, SplitArrays
 from dien.data.loader import BatchLoader
 from dien.data.sampling import NegativeSampler
 from dien.models import CTRModel, build_model
+from dien.train import distributed
 from dien.train.checkpoint import (
     check_free_space,
     check_writable,
@@ -65,6 +73,7 @@ from dien.train.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
+from dien.train.distributed import SINGLE, Shard, World
 from dien.train.metrics import Metrics, compute_metrics
 from dien.train.plots import plot_learning_curves
 from dien.train.report import write_report
@@ -138,26 +147,36 @@ def eval_loader(split: SplitArrays, data: DataConfig) -> BatchLoader:
 
 
 @torch.no_grad()
-def predict_logits(model: CTRModel, loader: BatchLoader, device: torch.device) -> np.ndarray:
+def predict_logits(
+    model: CTRModel, loader: BatchLoader, device: torch.device, world: World = SINGLE
+) -> np.ndarray:
     """Logits of every sample of the loader's split, in the split's order, in eval mode.
 
     The loader may group samples by history length; each batch's logits are written back to
-    its samples' positions.
+    its samples' positions. In a world of several ranks, each rank scores every N-th batch and
+    every rank gets all the logits.
     """
     was_training = model.training
     model.eval()
     logits = np.zeros(len(loader.split), np.float32)
     for position, index in enumerate(loader.batch_indices()):
+        if position % world.size != world.rank:
+            continue
         batch = loader.assemble(index, position).without_label().to(device)
         logits[index] = model(batch).logit.float().cpu().numpy()  # (B,)
     model.train(was_training)
-    return logits
+    return distributed.sum_over_ranks(logits, world)  # one rank scored each sample: exact
 
 
 def evaluate_split(
-    model: CTRModel, split: SplitArrays, data: DataConfig, device: torch.device
+    model: CTRModel,
+    split: SplitArrays,
+    data: DataConfig,
+    device: torch.device,
+    world: World = SINGLE,
 ) -> Metrics:
-    logits = predict_logits(model, eval_loader(split, data), device)
+    """AUC, GAUC and logloss of the whole split (scored by all ranks of ``world`` together)."""
+    logits = predict_logits(model, eval_loader(split, data), device, world)
     return compute_metrics(np.asarray(split.user), logits, np.asarray(split.label))
 
 
@@ -167,7 +186,9 @@ class Trainer:
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False):
         self.config = config
         self.run = RunFolder(Path(run_dir))
-        self.device = resolve_device(config.train.device)
+        self.world = distributed.current_world()
+        self.device = distributed.rank_device(resolve_device(config.train.device), self.world)
+        distributed.check_sparse_gradients(config.model.sparse_embeddings, self.device, self.world)
         self.dataset = PreparedDataset.open(config.data.path)
         self.vocab: VocabSizes = self.dataset.vocab_sizes
         self.progress = Progress()
@@ -176,14 +197,15 @@ class Trainer:
         self.optimizers = build_optimizers(self.model, config.train)
         self.train_loader = self._train_loader()
         self.valid = self._split_or_none("valid")
-        self._window = _LossWindow(self.device)
-        self._guard = _NonFiniteGuard(self.device)
+        self._window = _LossWindow(self.device, self.world)
+        self._guard = _NonFiniteGuard(self.device, self.world)
         self._saved_at: tuple[int, int] | None = None  # (epoch, step) of the last.pt on disk
         self._step_delay = float(os.environ.get("DIEN_TEST_STEP_DELAY", "0") or 0)
         if resume:
             self._resume()
         else:
             self._start()
+        self._forward = distributed.wrap(self.model, self.world)  # the model itself for one rank
 
     def _seed_everything(self) -> None:
         if self.config.train.threads:
@@ -216,6 +238,7 @@ class Trainer:
             bucket_by_length=data.bucket_by_length,
             aux_sampler=sampler,
             aux_negatives=model.aux_negatives,
+            rank=self.world.rank,
         )
 
     def _check_storage(self) -> None:
@@ -229,6 +252,10 @@ class Trainer:
         check_free_space(self.run.path, estimate_checkpoint_bytes([self.model]), existing)
 
     def _start(self) -> None:
+        distributed.on_main(self._create_run, self.world)
+        self._save_last()
+
+    def _create_run(self) -> None:
         if self.run.config_path.exists():
             raise FileExistsError(
                 f"{self.run.path} already holds a run; pass --resume to continue it "
@@ -236,10 +263,9 @@ class Trainer:
             )
         self._check_storage()
         self.run.create(self.config)
-        self._save_last()
 
     def _resume(self) -> None:
-        saved = self.run.config()
+        saved = distributed.on_main(self.run.config, self.world)
         if dataclasses.replace(saved, train=self.config.train) != dataclasses.replace(
             self.config, train=self.config.train
         ):
@@ -247,15 +273,10 @@ class Trainer:
                 f"{self.run.path}: the data or model config differs from the run's config.toml; "
                 "resume with the same settings"
             )
-        self._check_storage()
-        for stale in remove_stale_temporaries(self.run.last_checkpoint.parent):
-            logger.info("removed %s, left by a write that was interrupted", stale)
-        if not self.run.last_checkpoint.is_file():
-            logger.warning("%s: no checkpoint yet; starting from step 0", self.run.path)
-            self._rewind_metrics(0)
+        state = distributed.on_main(self._read_last_checkpoint, self.world)
+        if state is None:
             self._save_last()
             return
-        state = load_checkpoint(self.run.last_checkpoint)
         self.model.load_state_dict(state["model"])
         for optimizer, saved_state in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved_state)
@@ -265,15 +286,29 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         if "loss_window" in state:
             self._window.load_state(state["loss_window"])
-        if "metrics_bytes" in state:
-            self._rewind_metrics(state["metrics_bytes"])
         self._saved_at = (self.progress.epoch, self.progress.step)
         logger.info(
-            "resumed %s at epoch %d, step %d",
+            "resumed %s at epoch %d, step %d (saved by %d processes, continued by %d)",
             self.run.path,
             self.progress.epoch,
             self.progress.step,
+            state.get("world_size", 1),
+            self.world.size,
         )
+
+    def _read_last_checkpoint(self) -> dict[str, Any] | None:
+        """Rank 0's part of resuming: checks, clean-up, and the last checkpoint (None if none)."""
+        self._check_storage()
+        for stale in remove_stale_temporaries(self.run.last_checkpoint.parent):
+            logger.info("removed %s, left by a write that was interrupted", stale)
+        if not self.run.last_checkpoint.is_file():
+            logger.warning("%s: no checkpoint yet; starting from step 0", self.run.path)
+            self._rewind_metrics(0)
+            return None
+        state = load_checkpoint(self.run.last_checkpoint)
+        if "metrics_bytes" in state:
+            self._rewind_metrics(state["metrics_bytes"])
+        return state
 
     def _rewind_metrics(self, size: int) -> None:
         """Drop the metrics lines written after the checkpoint (or half-written by a kill)."""
@@ -281,6 +316,12 @@ class Trainer:
         if path.is_file() and path.stat().st_size > size:
             with path.open("r+b") as f:
                 f.truncate(size)
+
+    def _write_checkpoint(self, path: Path) -> None:
+        """Save the run's state to ``path`` from rank 0 (every rank must call this)."""
+        self._window.sum_over_ranks()
+        if self.world.is_main:
+            save_checkpoint(path, self._checkpoint_state())
 
     def _checkpoint_state(self) -> dict[str, Any]:
         cuda = self.device.type == "cuda"
@@ -294,6 +335,7 @@ class Trainer:
             "metrics_bytes": self.run.metrics_path.stat().st_size,
             "config": self.config.to_dict(),
             "vocab_sizes": dataclasses.asdict(self.vocab),
+            "world_size": self.world.size,
         }
 
     def _save_last(self) -> None:
@@ -302,7 +344,7 @@ class Trainer:
         if self._saved_at == (p.epoch, p.step):
             return
         self._guard.check(self._last_good())
-        save_checkpoint(self.run.last_checkpoint, self._checkpoint_state())
+        self._write_checkpoint(self.run.last_checkpoint)
         self._saved_at = (p.epoch, p.step)
 
     def _last_good(self) -> str:
@@ -333,18 +375,18 @@ class Trainer:
             total=total,
             initial=p.batch,
             desc=f"epoch {p.epoch + 1}/{t.epochs}",
-            disable=not (t.progress and sys.stderr.isatty()),
+            disable=not (t.progress and sys.stderr.isatty() and self.world.is_main),
             leave=False,
         )
         window = self._window
         if not window.steps:
             window.reset()
         self.model.train()
-        for batch in self.train_loader.iterate(p.batch):
-            losses = self._step(batch, p.step + 1)
+        for shard in self._shards(p.batch):
+            losses = self._step(shard.batch, p.step + 1, (shard.click_share, shard.aux_share))
             if losses is not None:
-                window.add(*losses, batch.size)
-            p.batch, p.step, p.samples = p.batch + 1, p.step + 1, p.samples + batch.size
+                window.add(*losses, shard.samples)
+            p.batch, p.step, p.samples = p.batch + 1, p.step + 1, p.samples + shard.samples
             bar.update(1)
             if p.step % t.log_interval == 0 and window.steps:
                 record = self._log(window, lr)
@@ -366,28 +408,52 @@ class Trainer:
                 self._validate()
         self._save_last()
 
+    def _shards(self, start_batch: int) -> Iterator[Shard]:
+        """This rank's part of each batch of the epoch (the whole batch for one process)."""
+        if self.world.distributed:
+            return distributed.sharded_batches(self.train_loader, start_batch, self.world)
+        return (Shard(b, b.size, 1.0, 1.0) for b in self.train_loader.iterate(start_batch))
+
     def _log(self, window: _LossWindow, lr: float) -> dict[str, Any]:
         self._guard.check(self._last_good())
         record = window.flush(self.progress, lr, self.model.aux_loss_alpha)
-        self.run.log(record)
+        self._write_record(record)
         return record
 
-    def _step(self, batch: Any, step: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """One update; its click and auxiliary losses, or None if it was skipped."""
+    def _write_record(self, record: dict[str, Any]) -> None:
+        if self.world.is_main:
+            self.run.log(record)
+
+    def _step(
+        self, batch: Any, step: int, shares: tuple[float, float] = (1.0, 1.0)
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """One update; its click and auxiliary losses, or None if it was skipped.
+
+        ``shares``: this rank's shares of the global batch's rows and auxiliary-loss pairs;
+        the losses are weighted by them so that the gradient averaged over the ranks is the
+        global batch's (see :mod:`dien.train.distributed`). The losses returned are this
+        rank's contributions to the global batch's mean losses.
+        """
         skip_bad = self.config.train.on_nonfinite == "skip"
         # forward() moves running statistics (Dice); a skipped step must not keep their change
         buffers = [b.clone() for b in self.model.buffers()] if skip_bad else []
         batch = batch.to(self.device, non_blocking=True)
-        out = self.model(batch)
+        out = self._forward(batch)
         click_loss = F.binary_cross_entropy_with_logits(out.logit, batch.label)  # ()
+        aux_loss = out.aux_loss
+        if self.world.distributed:
+            click_loss = click_loss * shares[0]  # ()
+            aux_loss = None if aux_loss is None else aux_loss * shares[1]  # ()
         loss = click_loss
-        if out.aux_loss is not None:
-            loss = click_loss + self.model.aux_loss_alpha * out.aux_loss  # ()
+        if aux_loss is not None:
+            loss = click_loss + self.model.aux_loss_alpha * aux_loss  # ()
+        if self.world.distributed:
+            loss = loss * self.world.size  # () DDP averages the gradients over the ranks
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
         bad = self._guard.observe(step, loss, self.model.parameters())
-        if skip_bad and bool(bad):  # host sync
+        if skip_bad and bool(self._guard.any_rank(bad)):  # host sync
             for buffer, saved in zip(self.model.buffers(), buffers, strict=True):
                 buffer.copy_(saved)
             self._guard.forgive()
@@ -400,7 +466,7 @@ class Trainer:
             return None
         for optimizer in self.optimizers:
             optimizer.step()
-        aux = None if out.aux_loss is None else out.aux_loss.detach()
+        aux = None if aux_loss is None else aux_loss.detach()
         return click_loss.detach(), aux
 
     def _validate(self) -> None:
@@ -409,15 +475,16 @@ class Trainer:
         if self.valid is None:
             logger.warning("no validation split: the last checkpoint is kept as the best one")
             p.best_step = p.step
-            save_checkpoint(self.run.best_checkpoint, self._checkpoint_state())
+            self._write_checkpoint(self.run.best_checkpoint)
             self._saved_at = None  # best_step changed at the same step
             self._save_last()
             return
-        metrics = evaluate_split(self.model, self.valid, self.config.data, self.device)
+        distributed.broadcast_buffers(self.model, self.world)  # score with rank 0's statistics
+        metrics = self._evaluate(self.valid)
         improved = metrics.auc > p.best_auc
         if improved:
             p.best_auc, p.best_step, p.stale_evals = metrics.auc, p.step, 0
-            save_checkpoint(self.run.best_checkpoint, self._checkpoint_state())
+            self._write_checkpoint(self.run.best_checkpoint)
         else:
             p.stale_evals += 1
         patience = self.config.train.early_stopping_patience
@@ -428,7 +495,7 @@ class Trainer:
                 p.step,
                 p.stale_evals,
             )
-        self.run.log(
+        self._write_record(
             {
                 "kind": "eval",
                 "split": "valid",
@@ -448,20 +515,22 @@ class Trainer:
         self._saved_at = None  # the state changed (best_auc, stale_evals) at the same step
         self._save_last()
 
+    def _evaluate(self, split: SplitArrays) -> Metrics:
+        return evaluate_split(self.model, split, self.config.data, self.device, self.world)
+
     def _finish(self) -> TrainResult:
-        best = load_checkpoint(self.run.best_checkpoint)
-        self.model.load_state_dict(best["model"])
-        valid = (
-            None
-            if self.valid is None
-            else evaluate_split(self.model, self.valid, self.config.data, self.device)
+        best = distributed.on_main(
+            lambda: load_checkpoint(self.run.best_checkpoint)["model"], self.world
         )
+        self.model.load_state_dict(best)
+        valid = None if self.valid is None else self._evaluate(self.valid)
         test_split = self._split_or_none("test")
-        test = (
-            None
-            if test_split is None
-            else evaluate_split(self.model, test_split, self.config.data, self.device)
-        )
+        test = None if test_split is None else self._evaluate(test_split)
+        if self.world.is_main:
+            self._write_results(valid, test)
+        return TrainResult(self.run, self.progress.best_step, valid, test)
+
+    def _write_results(self, valid: Metrics | None, test: Metrics | None) -> None:
         results = {
             "model": self.config.model.name,
             "best_step": self.progress.best_step,
@@ -491,14 +560,19 @@ class Trainer:
             title=f"{self.config.model.name} - {self.run.path.name}",
         )
         write_report(self.run, self.config, results)
-        return TrainResult(self.run, self.progress.best_step, valid, test)
 
 
 class _LossWindow:
-    """Sums losses on the device between log lines; one host sync per log interval."""
+    """Sums losses on the device between log lines; one host sync per log interval.
 
-    def __init__(self, device: torch.device):
+    In a world of several ranks each rank sums its contributions to the global batches' mean
+    losses; :meth:`sum_over_ranks` moves the totals to rank 0 (the others keep zeros), before
+    a log line and before a checkpoint, so rank 0 logs and saves the global batches' losses.
+    """
+
+    def __init__(self, device: torch.device, world: World = SINGLE):
         self.device = device
+        self.world = world
         self.reset()
 
     def reset(self) -> None:
@@ -517,8 +591,18 @@ class _LossWindow:
         self.steps += 1
         self.samples += samples
 
+    def sum_over_ranks(self) -> None:
+        """Rank 0 gets the sums over all ranks and the other ranks zeros (all ranks call it)."""
+        if not self.world.distributed:
+            return
+        for total in (self.click, self.aux):
+            distributed.sum_tensor_(total, self.world)
+            if not self.world.is_main:
+                total.zero_()
+
     def flush(self, progress: Progress, lr: float, alpha: float) -> dict[str, Any]:
-        """The window's mean losses as a metrics record; starts a new window."""
+        """The window's mean losses as a metrics record (right on rank 0); starts a new window."""
+        self.sum_over_ranks()
         elapsed = time.perf_counter() - self.started
         click = self.click.item() / self.steps
         aux = self.aux.item() / self.steps if self.has_aux else None
@@ -547,16 +631,25 @@ class _LossWindow:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Continue a saved window; its sums, over all ranks, stay with rank 0 only."""
         self.click = state["click"].to(self.device)
         self.aux = state["aux"].to(self.device)
+        if not self.world.is_main:
+            self.click.zero_()
+            self.aux.zero_()
         self.has_aux, self.steps, self.samples = state["has_aux"], state["steps"], state["samples"]
         self.started = time.perf_counter()
 
 
 class _NonFiniteGuard:
-    """Remembers, on the device, the first steps with a non-finite loss and gradient."""
+    """Remembers, on the device, the first steps with a non-finite loss and gradient.
 
-    def __init__(self, device: torch.device):
+    Across ranks, :meth:`check` and :meth:`any_rank` combine the ranks' flags, so that every
+    rank stops or skips the same step.
+    """
+
+    def __init__(self, device: torch.device, world: World = SINGLE):
+        self.world = world
         self.first_bad = torch.full((2,), -1, dtype=torch.int64, device=device)  # loss, gradient
 
     def observe(
@@ -573,12 +666,19 @@ class _NonFiniteGuard:
         self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
         return bad.any()
 
+    def any_rank(self, bad: torch.Tensor) -> torch.Tensor:
+        """``bad`` (a flag of this rank's step) or'ed over all ranks."""
+        if not self.world.distributed:
+            return bad
+        return distributed.sum_tensor_(bad.to(torch.int64), self.world) > 0
+
     def forgive(self) -> None:
         """Forget a bad step whose update was skipped."""
         self.first_bad.fill_(-1)
 
     def check(self, last_good: str) -> None:
         """Raise :class:`NonFiniteError` if a bad step was seen (reads the flag: a host sync)."""
+        distributed.first_over_ranks_(self.first_bad, self.world)
         loss_step, grad_step = self.first_bad.tolist()
         if loss_step < 0 and grad_step < 0:
             return
