@@ -260,6 +260,16 @@ def test_meta_with_wrong_types_is_reported(files, tmp_path):
         prepare_amazon(files[0], meta, tmp_path / "out")
 
 
+def test_meta_literal_that_cannot_be_built_is_a_bad_line(files, tmp_path):
+    # a dict keyed by a list parses as a literal but cannot be built: found by the fuzz tests
+    line = "{'asin': 'A', 'categories': [['Books']], 'x': {[1]: 2}, 'y': 'categories'}"
+    meta = write_gz(tmp_path / "meta.gz", [line, *META[1:3]])
+    with pytest.raises(DatasetError, match=r"meta.gz, line 1: neither JSON nor a Python literal"):
+        prepare_amazon(files[0], meta, tmp_path / "out")
+    ds = prepare_amazon(files[0], meta, tmp_path / "out", on_bad_lines="skip")
+    assert ds.manifest["counts"]["filtered"]["meta_malformed"] == 1
+
+
 def test_empty_and_corrupt_files_are_clear_errors(files, tmp_path):
     empty = write_gz(tmp_path / "empty.gz", [])
     with pytest.raises(DatasetError, match=r"empty.gz: holds no reviews"):

@@ -198,9 +198,9 @@ def _meta_slow(line: bytes, path: str | Path, lineno: int, bad: BadLines) -> tup
     if problem is not None:
         bad.report("meta_not_utf8", where(path, lineno), problem)
         return None
-    try:
+    try:  # TypeError: a literal that cannot be built, such as a dict keyed by a list
         obj = _parse_literal(line)
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
         bad.report(
             "meta_malformed", where(path, lineno), f"neither JSON nor a Python literal ({e})"
         )
