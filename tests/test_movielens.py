@@ -195,6 +195,10 @@ def test_min_history_and_empty_validation_split(tmp_path):
         (RATINGS, MOVIES.replace("20,B", "10,B"), r"movies\.csv, line 3: movieId 10 listed twice"),
         (RATINGS, MOVIES.replace("Action\n", "\n"), r"movies\.csv, line 6: empty genres field"),
         (RATINGS, MOVIES.replace("30,C", "3O,C"), r"movies\.csv, line 4: movieId must be an"),
+        # found by the fuzz tests: a number too large for int64, a bad row that spans lines
+        (RATINGS.replace(",300", ",99999999999999999999"), MOVIES, "line 4: timestamp must be"),
+        (RATINGS.replace("1,30,1.0,300", '1,"30\n",1.0'), MOVIES, r"line 4: expected 4 fields"),
+        (RATINGS, MOVIES.replace("30,C", "30,C" + "x" * 200_000), r"line 4: not valid csv"),
     ],
 )
 def test_malformed_input_names_file_and_line(tmp_path, ratings, movies, message):
@@ -202,6 +206,13 @@ def test_malformed_input_names_file_and_line(tmp_path, ratings, movies, message)
     with pytest.raises(DatasetError, match=message):
         prepare_movielens(r, m, tmp_path / "ds")
     assert not (tmp_path / "ds").exists()
+
+
+def test_non_utf8_input_names_file_and_line(tmp_path):
+    r, m = write_csvs(tmp_path / "raw")
+    r.write_bytes(RATINGS.encode().replace(b"1,30,1.0", b"1,30\xff,1.0"))
+    with pytest.raises(DatasetError, match=r"ratings\.csv, line 4: not UTF-8 text \(byte 4"):
+        prepare_movielens(r, m, tmp_path / "ds")
 
 
 def test_missing_file_and_bad_parameters(tmp_path):

@@ -64,6 +64,7 @@ from dien.data.format import (
     file_sha256,
     write_prepared,
 )
+from dien.data.rawio import decode_problem, iter_lines
 from dien.data.vocab import build_vocab, encode, vocab_strings
 
 logger = logging.getLogger(__name__)
@@ -79,39 +80,60 @@ def bundled_movielens_dir() -> Path:
 
 
 def _read_rows(path: Path, header: list[str]) -> tuple[list[list[str]], list[int]]:
-    """Rows after the header and their line numbers; blank lines are skipped."""
+    """Rows after the header and the line each starts on; blank lines are skipped."""
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        first = next(reader, None)
-        if first != header:
-            raise DatasetError(
-                f"{path}, line 1: expected the header {','.join(header)}, got {first}"
-            )
-        rows, lines = [], []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return _csv_rows(f, path, header)
+    except UnicodeDecodeError:
+        raise DatasetError(_first_non_utf8_line(path)) from None
+
+
+def _csv_rows(f, path: Path, header: list[str]) -> tuple[list[list[str]], list[int]]:
+    reader = csv.reader(f)
+    rows, lines = [], []
+    line = 1  # where the next row starts: a quoted field may span several lines
+    try:
         for row in reader:
-            if not row:
-                continue
-            if len(row) != len(header):
+            if line == 1 and row != header:
                 raise DatasetError(
-                    f"{path}, line {reader.line_num}: expected {len(header)} fields "
-                    f"({','.join(header)}), got {len(row)}"
+                    f"{path}, line 1: expected the header {','.join(header)}, got {row}"
                 )
-            rows.append(row)
-            lines.append(reader.line_num)
+            if line > 1 and row:
+                if len(row) != len(header):
+                    raise DatasetError(
+                        f"{path}, line {line}: expected {len(header)} fields "
+                        f"({','.join(header)}), got {len(row)}"
+                    )
+                rows.append(row)
+                lines.append(line)
+            line = reader.line_num + 1
+    except csv.Error as e:
+        raise DatasetError(f"{path}, line {line}: not valid csv ({e})") from None
+    if line == 1:
+        raise DatasetError(f"{path}, line 1: expected the header {','.join(header)}, got None")
     return rows, lines
+
+
+def _first_non_utf8_line(path: Path) -> str:
+    """The message for a file that is not UTF-8 text, naming its first such line."""
+    for lineno, line in iter_lines(path):
+        problem = decode_problem(line)
+        if problem is not None:
+            return f"{path}, line {lineno}: {problem}"
+    return f"{path}: not UTF-8 text"
 
 
 def _parse(column: np.ndarray, dtype: type, name: str, path: Path, lines: list[int]) -> np.ndarray:
     """Convert a text column at once; on failure find and name the first bad line."""
     try:
         return column.astype(dtype)
-    except ValueError:
+    except (ValueError, OverflowError):
         for value, line in zip(column.tolist(), lines, strict=True):
             try:
                 dtype(value)
-            except ValueError:
+            except (ValueError, OverflowError):
                 kind = "an integer" if dtype is np.int64 else "a number"
                 raise DatasetError(
                     f"{path}, line {line}: {name} must be {kind}, got {value!r}"
