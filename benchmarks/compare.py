@@ -125,7 +125,7 @@ def _train_and_score_ours(
     if model.aux_loss_alpha > 0:
         sampler = NegativeSampler(data.item_frequency, data.item_category, "frequency")
     train = BatchLoader(
-        _split_arrays(data, "train"),
+        data.split_arrays("train"),
         batch_size=settings.batch_size,
         max_history=settings.max_history,
         shuffle=True,
@@ -134,7 +134,7 @@ def _train_and_score_ours(
         aux_sampler=sampler,
     )
     test = BatchLoader(
-        _split_arrays(data, "test"),
+        data.split_arrays("test"),
         batch_size=settings.score_batch_size,
         max_history=settings.max_history,
         shuffle=False,
@@ -158,22 +158,6 @@ def _train_and_score_ours(
         with torch.inference_mode():
             scores = [torch.sigmoid(model(b.without_label()).logit) for b in test]
     return torch.cat(scores).numpy()
-
-
-def _split_arrays(data: SyntheticData, split: str):
-    from dien.data.format import SplitArrays
-
-    s = data.splits[split]
-    return SplitArrays(
-        user=s["user"],
-        item=s["item"],
-        category=s["category"],
-        label=s["label"],
-        timestamp=np.zeros(s["label"].size, np.int64),
-        hist_offsets=s["hist_offsets"],
-        hist_items=s["hist_items"],
-        hist_cats=s["hist_cats"],
-    )
 
 
 def run_other(

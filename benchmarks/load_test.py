@@ -62,19 +62,7 @@ def prepare_run(work: Path, samples: int, seed: int = 0) -> Path:
     if not (data_dir / "manifest.json").is_file():
         spec = SyntheticSpec(train_samples=samples, test_samples=samples // 4, seed=seed)
         data = generate(spec)
-        splits = {
-            name: SplitArrays(
-                user=s["user"],
-                item=s["item"],
-                category=s["category"],
-                label=s["label"],
-                timestamp=np.zeros(s["label"].size, np.int64),
-                hist_offsets=s["hist_offsets"],
-                hist_items=s["hist_items"],
-                hist_cats=s["hist_cats"],
-            )
-            for name, s in data.splits.items()
-        }
+        splits = {name: data.split_arrays(name) for name in data.splits}
         empty = {k: np.zeros(0, v.dtype) for k, v in splits["test"].__dict__.items()}
         splits["valid"] = SplitArrays(**{**empty, "hist_offsets": np.zeros(1, np.int64)})
         vocabs = {

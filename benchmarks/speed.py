@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from benchmarks.synthetic import SyntheticData, SyntheticSpec, generate
 from dien.config import ModelConfig, TrainConfig
 from dien.data.batch import Batch, VocabSizes
-from dien.data.format import SplitArrays
 from dien.data.loader import BatchLoader
 from dien.data.sampling import NegativeSampler
 from dien.layers import fused
@@ -94,24 +93,10 @@ def with_variant(name: str, fn: Callable[[], object]) -> object:
             os.environ[fused.DISABLE_VARIABLE] = before
 
 
-def split_arrays(data: SyntheticData, split: str) -> SplitArrays:
-    s = data.splits[split]
-    return SplitArrays(
-        user=s["user"],
-        item=s["item"],
-        category=s["category"],
-        label=s["label"],
-        timestamp=np.zeros(s["label"].size, np.int64),
-        hist_offsets=s["hist_offsets"],
-        hist_items=s["hist_items"],
-        hist_cats=s["hist_cats"],
-    )
-
-
 def make_batches(data: SyntheticData, seed: int) -> tuple[list[Batch], list[Batch], list[Batch]]:
     sampler = NegativeSampler(data.item_frequency, data.item_category, "frequency")
     train = BatchLoader(
-        split_arrays(data, "train"),
+        data.split_arrays("train"),
         batch_size=128,
         max_history=100,
         shuffle=True,
@@ -120,10 +105,10 @@ def make_batches(data: SyntheticData, seed: int) -> tuple[list[Batch], list[Batc
         aux_sampler=sampler,
     )
     test = BatchLoader(
-        split_arrays(data, "test"), batch_size=1024, max_history=100, shuffle=False, seed=seed
+        data.split_arrays("test"), batch_size=1024, max_history=100, shuffle=False, seed=seed
     )
     bucketed = BatchLoader(
-        split_arrays(data, "test"),
+        data.split_arrays("test"),
         batch_size=1024,
         max_history=100,
         shuffle=True,

@@ -92,6 +92,22 @@ class SyntheticData:
     def lengths(self, split: str) -> np.ndarray:
         return np.diff(self.splits[split]["hist_offsets"])
 
+    def split_arrays(self, split: str):
+        """One split in this project's on-disk form (``dien.data.format.SplitArrays``)."""
+        from dien.data.format import SplitArrays
+
+        s = self.splits[split]
+        return SplitArrays(
+            user=s["user"],
+            item=s["item"],
+            category=s["category"],
+            label=s["label"],
+            timestamp=np.zeros(s["label"].size, np.int64),
+            hist_offsets=s["hist_offsets"],
+            hist_items=s["hist_items"],
+            hist_cats=s["hist_cats"],
+        )
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,17 @@ def test_pairs_share_history_and_negatives_differ(data: SyntheticData) -> None:
         assert s["item"][a] != s["item"][b]
 
 
+def test_split_arrays_carry_the_samples_and_their_histories(data: SyntheticData) -> None:
+    arrays = data.split_arrays("test")
+    raw = data.splits["test"]
+    assert len(arrays) == raw["label"].size
+    assert np.array_equal(arrays.lengths(), data.lengths("test"))
+    assert np.array_equal(arrays.item, raw["item"])
+    assert np.array_equal(arrays.hist_offsets, raw["hist_offsets"])
+    assert np.array_equal(arrays.hist_cats, raw["hist_cats"])
+    assert not arrays.timestamp.any()
+
+
 def test_history_lengths_have_the_wanted_mean_and_cap() -> None:
     spec = SyntheticSpec(train_samples=60_000, test_samples=0, users=100, items=100,
                          categories=10)  # fmt: skip
