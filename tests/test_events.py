@@ -195,6 +195,25 @@ def test_gzip_csv_and_min_item_count(tmp_path):
     assert [g[1] for g in decoded(ds, "train")[0::2]] == ["b", "<unk>", "<unk>", "a"]
 
 
+def test_gzip_errors_and_too_few_items_to_draw_name_the_input(tmp_path):
+    # found by the fuzz tests: these were an EOFError, a copy's name, and a sampler ValueError
+    path = tmp_path / "events.csv.gz"
+    path.write_bytes(gzip.compress(CSV.encode())[:40])
+    with pytest.raises(DatasetError, match=r"events.csv.gz: the gzip stream is corrupt"):
+        prepare_events(path, tmp_path / "out", **COLS)
+    path.write_bytes(gzip.compress(CSV.replace("time", "when").encode()))
+    with pytest.raises(DatasetError, match=r"events.csv.gz: no column 'time'"):
+        prepare_events(path, tmp_path / "out", **COLS)
+    one_item = tmp_path / "one.csv"
+    one_item.write_text("user,item,time\nu1,a,1\nu1,a,2\nu2,a,3\n")
+    with pytest.raises(DatasetError, match=r"one.csv: the training split holds 1 item"):
+        prepare_events(one_item, tmp_path / "out", **COLS, valid_fraction=0, test_fraction=0)
+    plain = tmp_path / "events.csv"
+    plain.write_text(CSV)
+    with pytest.raises(DatasetError, match=r"holds 0 item\(s\) with at least min_item_count=9"):
+        prepare_events(plain, tmp_path / "out", **COLS, min_item_count=9)
+
+
 BAD = [
     (
         "user,item,time\nu1,a,1\nu1,b,later\n",

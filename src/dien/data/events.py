@@ -42,6 +42,7 @@ import gzip
 import logging
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -98,8 +99,11 @@ def _file_format(path: Path) -> str:
     return fmt
 
 
-def _scan(path: Path, fmt: str, columns: list[str]):
-    """A lazy frame of ``columns`` (text for csv and JSON lines), or a RawInputError."""
+def _scan(path: Path, fmt: str, columns: list[str], shown: Path | None = None):
+    """A lazy frame of ``columns`` (text for csv and JSON lines), or a RawInputError.
+
+    Errors name ``shown``, the input file, when ``path`` is a copy of it (gunzipped).
+    """
     pl = _polars()
     if fmt == "parquet":
         lf = pl.scan_parquet(path)
@@ -108,14 +112,15 @@ def _scan(path: Path, fmt: str, columns: list[str]):
         lf = pl.scan_csv(path, infer_schema=False, separator=separator)
     else:
         lf = pl.scan_ndjson(path, schema={c: pl.String for c in columns})
+    shown = shown or path
     try:
         available = lf.collect_schema().names()
     except Exception as e:  # noqa: BLE001 - polars raises several kinds on unreadable files
-        raise RawInputError(f"{path}: cannot be read as {fmt} ({e})") from None
+        raise RawInputError(f"{shown}: cannot be read as {fmt} ({e})") from None
     missing = [c for c in columns if c not in available]
     if missing:
         raise RawInputError(
-            f"{path}: no column {', '.join(map(repr, missing))}; its columns: "
+            f"{shown}: no column {', '.join(map(repr, missing))}; its columns: "
             f"{', '.join(available)}"
         )
     return lf.select(columns)
@@ -189,20 +194,27 @@ def _label_expr(name: str, dtype):
     )
 
 
+def _gunzipped(path: Path, tmp: Path) -> Path:
+    """``path`` itself, or when it is gzipped a plain copy of it in ``tmp``."""
+    with open(path, "rb") as f:
+        if f.read(2) != GZIP_MAGIC:
+            return path
+    source = tmp / f"input{path.suffixes[0] if path.suffixes else ''}"
+    try:
+        with gzip.open(path, "rb") as fin, open(source, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise RawInputError(f"{path}: the gzip stream is corrupt or truncated ({e})") from None
+    return source
+
+
 def _load(path: Path, fmt: str, cols: dict, click_values, bad: BadLines, tmp: Path):
     """Read, check and encode the event columns; returns numpy arrays and raw-id tables."""
     pl = _polars()
     needed = [c for c in cols.values() if c is not None]
-    source = path
-    if fmt != "parquet":
-        with open(path, "rb") as f:
-            gzipped = f.read(2) == GZIP_MAGIC
-        if gzipped:
-            source = tmp / f"input{path.suffixes[0] if path.suffixes else ''}"
-            with gzip.open(path, "rb") as fin, open(source, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
+    source = path if fmt == "parquet" else _gunzipped(path, tmp)
     try:
-        df = _scan(source, fmt, needed).collect()
+        df = _scan(source, fmt, needed, shown=path).collect()
     except RawInputError:
         raise
     except Exception as e:  # noqa: BLE001 - any polars parse failure: find the line ourselves
@@ -474,6 +486,12 @@ def prepare_events(
     ids, tables, below = _train_vocabularies(s, train, ev, min_item_count, category_col is not None)
     item_id, user_id, cat_id = ids["items"], ids["users"], ids["categories"]
     item_category, item_frequency = tables
+    drawable = int((item_frequency > 0).sum())
+    if k and drawable < 2:
+        raise RawInputError(
+            f"{path}: the training split holds {drawable} item(s) with at least min_item_count="
+            f"{min_item_count} occurrences; drawing negatives needs two (or pass label_col)"
+        )
     sampler = NegativeSampler(item_frequency, item_category, "frequency") if k else None
 
     splits = {
