@@ -92,12 +92,13 @@ def init_from_env() -> World:
     """Join the process group that ``torchrun`` set up; a no-op for a world of one process.
 
     The group's rendezvous comes from ``MASTER_ADDR`` and ``MASTER_PORT`` (set by torchrun).
-    On a machine with CUDA, each process first selects the GPU of its local rank.
+    On a machine with CUDA, each process first selects the GPU of its local rank, where there
+    is one: more processes than GPUs can still train on the CPU (``--device cpu``).
     """
     world = world_from_env()
     if not world.distributed or dist.is_initialized():
         return world
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and world.local_rank < torch.cuda.device_count():
         torch.cuda.set_device(world.local_rank)
     dist.init_process_group(backend=backend())
     logger.info("rank %d of %d joined the process group (%s)", world.rank, world.size, backend())
@@ -119,9 +120,16 @@ def shutdown() -> None:
 
 def rank_device(device: torch.device, world: World) -> torch.device:
     """A CUDA device without an index becomes the GPU of this process's local rank."""
-    if world.distributed and device.type == "cuda" and device.index is None:
-        return torch.device("cuda", world.local_rank)
-    return device
+    if not (world.distributed and device.type == "cuda" and device.index is None):
+        return device
+    gpus = torch.cuda.device_count()
+    if world.local_rank >= gpus:
+        raise ConfigError(
+            f"train.device: local rank {world.local_rank} has no GPU of its own (this machine "
+            f"has {gpus}); start at most {gpus} processes per machine (--nproc-per-node), or "
+            "train on the CPU (--device cpu)"
+        )
+    return torch.device("cuda", world.local_rank)
 
 
 def check_sparse_gradients(sparse_embeddings: bool, device: torch.device, world: World) -> None:
