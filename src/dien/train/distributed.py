@@ -12,10 +12,18 @@ with batches grouped by history length this gives every rank rows of similar len
 ranks wait little for one another. Each rank weights its mean click loss by its share of the
 global batch's rows and its mean auxiliary loss by its share of the global batch's valid step
 pairs, times ``N``; DistributedDataParallel averages the gradients over the ranks, so the
-gradient is that of the global batch's mean losses, as one process would compute it. When a
-global batch has fewer rows than there are ranks (the last batch of an epoch can), a rank
-without rows runs one stand-in row with weight zero, because every rank must take part in
-every gradient all-reduce.
+gradient is that of the global batch's mean losses, as one process would compute it, for every
+layer that treats rows independently. Dice (the output MLP's default activation) normalises by
+the statistics of the rows it sees, on each rank its own (as BatchNorm without SyncBatchNorm),
+so with Dice the gradient is close to one process's, not equal; its running statistics are rank
+0's, which DDP broadcasts to the other ranks at every forward pass. When a global batch has
+fewer rows than there are ranks (the last batch of an epoch can), a rank without rows runs one
+stand-in row with weight zero, because every rank must take part in every gradient all-reduce.
+
+Embedding tables are replicated: every rank holds all of them. Their sparse gradients (the
+default) are all-reduced by gloo; nccl cannot all-reduce sparse tensors, so a run on GPUs needs
+dense tables (:func:`check_sparse_gradients`). docs/distributed.md weighs this against sharded
+tables.
 
 Evaluation. Each rank scores every N-th batch of the split, the logits are summed over the
 ranks into one array in the split's order (each sample is scored by exactly one rank, the other
