@@ -270,6 +270,24 @@ def test_meta_literal_that_cannot_be_built_is_a_bad_line(files, tmp_path):
     assert ds.manifest["counts"]["filtered"]["meta_malformed"] == 1
 
 
+@pytest.mark.parametrize(
+    "review, message",
+    [
+        (("<unk>", "A", 1), "field 'reviewerID' is '<unk>', the name of the unknown id"),
+        (("u1", "A\nB", 1), "field 'asin' holds a line break"),
+        (("u1", "A", 2**63), "field 'unixReviewTime' 9223372036854775808 does not fit in 64 bits"),
+    ],
+)
+def test_reviews_a_vocabulary_cannot_hold_are_bad_lines(files, tmp_path, review, message):
+    # found by the fuzz tests: these failed later, naming no file, or raised OverflowError
+    reviews = write_gz(tmp_path / "r.gz", [review_line(*r) for r in [*REVIEWS[:2], review]])
+    with pytest.raises(DatasetError, match=rf"r.gz, line 3: {message}"):
+        prepare_amazon(reviews, files[1], tmp_path / "out")
+    meta = write_gz(tmp_path / "m.gz", ["{'asin': 'A', 'categories': [['Books', 'a\\rb']]}"])
+    with pytest.raises(DatasetError, match=r"m.gz, line 1: the category 'a\\rb' holds a line"):
+        prepare_amazon(files[0], meta, tmp_path / "out")
+
+
 def test_empty_and_corrupt_files_are_clear_errors(files, tmp_path):
     empty = write_gz(tmp_path / "empty.gz", [])
     with pytest.raises(DatasetError, match=r"empty.gz: holds no reviews"):

@@ -242,6 +242,25 @@ def test_bad_csv_rows_name_line_column_and_problem(tmp_path, text, message, reas
     assert ds.manifest["counts"]["events"] == 3
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            'user,item,time\nu1,a,1\n"u\n1",b,2\n',
+            "line 3, column 'user': 'u\\n1' cannot be a raw id",
+        ),
+        ("user,item,time\nu1,a,1\nu1,<unk>,2\n", "line 3, column 'item': '<unk>' cannot be a raw"),
+    ],
+)
+def test_ids_a_vocabulary_cannot_hold_name_line_and_column(tmp_path, text, message):
+    # found by the fuzz tests: these failed when the dataset was written, naming no file
+    path = tmp_path / "events.csv"
+    path.write_text(text)
+    with pytest.raises(DatasetError) as err:
+        prepare_events(path, tmp_path / "out", **COLS, valid_fraction=0, test_fraction=0)
+    assert "events.csv, " + message in str(err.value)
+
+
 def test_bad_jsonl_line_and_structural_errors(tmp_path):
     path = tmp_path / "events.jsonl"
     path.write_text('{"user": "u", "item": "a", "time": 1}\n{"user": "u", "item"\n')

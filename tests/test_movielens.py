@@ -199,6 +199,8 @@ def test_min_history_and_empty_validation_split(tmp_path):
         (RATINGS.replace(",300", ",99999999999999999999"), MOVIES, "line 4: timestamp must be"),
         (RATINGS.replace("1,30,1.0,300", '1,"30\n",1.0'), MOVIES, r"line 4: expected 4 fields"),
         (RATINGS, MOVIES.replace("30,C", "30,C" + "x" * 200_000), r"line 4: not valid csv"),
+        (RATINGS, MOVIES.replace("Action\n", "<unk>\n"), r"line 6: the first genre '<unk>' is"),
+        (RATINGS, MOVIES.replace(",Comedy\n", ',"Com\nedy"\n'), r"line 3: the first genre 'Com"),
     ],
 )
 def test_malformed_input_names_file_and_line(tmp_path, ratings, movies, message):

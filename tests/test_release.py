@@ -107,6 +107,18 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
         load_vocab_pickle(path)
 
 
+@pytest.mark.parametrize(
+    "key, problem", [("<unk>", "is '<unk>'"), ("", "is empty"), ("c\n", "holds a line")]
+)
+def test_a_vocabulary_key_that_cannot_be_a_raw_id_is_refused(tmp_path, key, problem):
+    # found by the fuzz tests: these failed when the dataset was written, naming no file
+    folder = write_release(tmp_path / "rel", cat_voc={"default_cat": 0, "c1": 1, "c2": 2, key: 3})
+    with pytest.raises(
+        DatasetError, match=rf"cat_voc.pkl: key .* cannot be a raw id: it {problem}"
+    ):
+        prepare_dien_release(folder, tmp_path / "out")
+
+
 def test_default_cat_with_its_own_rank_and_gaps(tmp_path):
     # default_cat got a frequency rank (id 2), nothing holds id 0, id 3 is missing
     cat_voc = {"c1": 1, "default_cat": 2, "c2": 4}

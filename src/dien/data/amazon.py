@@ -55,6 +55,7 @@ from dien.data.rawio import (
     iter_lines,
     json_loads,
     rank_by_count,
+    raw_id_problem,
     where,
 )
 
@@ -79,16 +80,25 @@ class _Reviews:
         self.item = array("i")
         self.time = array("q")
 
-    def add(self, user: str, item: str, time: int) -> None:
-        u = self.user_codes.get(user)
+    def add(self, user: str, item: str, time: int) -> str | None:
+        """Append one review, or say why it cannot be stored (and append nothing)."""
+        u, i = self.user_codes.get(user), self.item_codes.get(item)
+        if u is None or i is None:  # a raw id seen for the first time is checked once
+            for key, value in (("reviewerID", user), ("asin", item)):
+                problem = raw_id_problem(value)
+                if problem is not None:
+                    return f"field '{key}' {problem}"
+        try:
+            self.time.append(time)
+        except OverflowError:
+            return f"field 'unixReviewTime' {time} does not fit in 64 bits"
         if u is None:
             u = self.user_codes[user] = len(self.user_codes)
-        i = self.item_codes.get(item)
         if i is None:
             i = self.item_codes[item] = len(self.item_codes)
         self.user.append(u)
         self.item.append(i)
-        self.time.append(time)
+        return None
 
 
 def _check_review(obj: Any) -> tuple[str, str] | tuple[str, str, int]:
@@ -138,12 +148,12 @@ def read_reviews(path: str | Path, bad: BadLines) -> _Reviews:
             ok = type(user) is str and type(item) is str and type(time) is int and user and item
         except (ValueError, KeyError, TypeError, IndexError):
             ok = False
-        if ok:
-            add(user, item, time)
-        elif line.strip():
+        if not ok and line.strip():
             checked = _review_slow(line, path, lineno, bad)
             if checked is not None:
-                add(*checked)
+                ok, (user, item, time) = True, checked
+        if ok and (problem := add(user, item, time)) is not None:
+            bad.report("reviews_wrong_type", where(path, lineno), problem)
     if not reviews.user:
         raise RawInputError(f"{path}: holds no reviews")
     return reviews
@@ -167,6 +177,9 @@ def _category_of(categories: Any) -> str | None:
     last = categories[0][-1]
     if not isinstance(last, str):
         raise TypeError(f"a category must be a string, got {last!r:.80}")
+    problem = raw_id_problem(last)
+    if problem is not None:
+        raise TypeError(f"the category {last!r:.80} {problem}")
     return last
 
 

@@ -59,6 +59,7 @@ from dien.data.rawio import (
     iter_lines,
     json_loads,
     rank_by_count,
+    raw_id_problem,
     where,
 )
 from dien.data.sampling import NegativeSampler
@@ -248,6 +249,9 @@ def _load(path: Path, fmt: str, cols: dict, click_values, bad: BadLines, tmp: Pa
         problems.append(("missing_value", name, text.is_null() | (text.str.strip_chars() == "")))
         if key in parsed:
             problems.append(("wrong_type", name, pl.col(f"_{key}").is_null() & text.is_not_null()))
+        elif key in ("user", "item", "category"):
+            bad_id = text.str.contains("[\n\r]") | (text == UNKNOWN)
+            problems.append(("bad_id", name, bad_id.fill_null(False)))
     drop = pl.lit(False)
     for reason, name, expr in problems:
         rows = df.filter(expr & ~drop).select("_row", pl.col(name).cast(pl.String))
@@ -256,10 +260,12 @@ def _load(path: Path, fmt: str, cols: dict, click_values, bad: BadLines, tmp: Pa
             continue
         row, value = rows.row(0)
         line = f"line {row + first_line}" if fmt != "parquet" else f"row {row}"
-        problem = "missing value" if reason == "missing_value" else f"cannot read {value!r}"
         what = "a time" if name == cols["time"] else "a 0/1 label"
-        if reason == "wrong_type":
-            problem += f" as {what}"
+        problem = {
+            "missing_value": "missing value",
+            "wrong_type": f"cannot read {value!r} as {what}",
+            "bad_id": f"{value!r:.80} cannot be a raw id: it {raw_id_problem(value)}",
+        }[reason]
         bad.report(reason, f"{path}, {line}, column '{name}'", problem, n=rows.height)
     df = df.filter(~drop)
     if df.height == 0:

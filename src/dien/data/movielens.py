@@ -64,7 +64,7 @@ from dien.data.format import (
     file_sha256,
     write_prepared,
 )
-from dien.data.rawio import decode_problem, iter_lines
+from dien.data.rawio import decode_problem, iter_lines, raw_id_problem
 from dien.data.vocab import build_vocab, encode, vocab_strings
 
 logger = logging.getLogger(__name__)
@@ -165,6 +165,9 @@ def read_movies(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(
             f"{path}, line {lines[empty[0]]}: empty genres field (MovieLens writes {NO_GENRE!r})"
         )
+    for first, line in zip(genre.tolist(), lines, strict=True):
+        if (problem := raw_id_problem(first)) is not None:
+            raise DatasetError(f"{path}, line {line}: the first genre {first!r:.80} {problem}")
     order = np.argsort(movie, kind="stable")
     movie, genre = movie[order], genre[order]
     twice = np.flatnonzero(movie[1:] == movie[:-1])

@@ -18,7 +18,7 @@ from typing import IO, Literal
 
 import numpy as np
 
-from dien.data.format import DatasetError
+from dien.data.format import UNKNOWN, DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,25 @@ def decode_problem(line: bytes) -> str | None:
         line.decode("utf-8")
     except UnicodeDecodeError as e:
         return f"not UTF-8 text (byte {e.start} is 0x{line[e.start]:02x})"
+    return None
+
+
+def raw_id_problem(value: str) -> str | None:
+    """Say why ``value`` cannot be a raw id of a vocabulary, or None when it can be one.
+
+    A prepared dataset stores each vocabulary one raw id a line, ``<unk>`` first, so a raw id
+    is a non-empty line of UTF-8 text other than ``<unk>``.
+    """
+    if not value:
+        return "is empty"
+    if "\n" in value or "\r" in value:
+        return "holds a line break"
+    if value == UNKNOWN:
+        return f"is {UNKNOWN!r}, the name of the unknown id"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not UTF-8 text (it holds a lone surrogate)"
     return None
 
 

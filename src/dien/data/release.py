@@ -42,7 +42,14 @@ from pathlib import Path
 import numpy as np
 
 from dien.data.format import UNKNOWN, PreparedDataset, SplitArrays, write_prepared
-from dien.data.rawio import BadLines, RawInputError, decode_problem, iter_lines, where
+from dien.data.rawio import (
+    BadLines,
+    RawInputError,
+    decode_problem,
+    iter_lines,
+    raw_id_problem,
+    where,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +92,8 @@ def load_vocab_pickle(path: Path) -> dict[str, int]:
             raw = _raw_key(key)
         except (TypeError, UnicodeDecodeError) as e:
             raise RawInputError(f"{path}: key {key!r}: {e}") from None
+        if (problem := raw_id_problem(raw)) is not None:
+            raise RawInputError(f"{path}: key {raw!r:.80} cannot be a raw id: it {problem}")
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise RawInputError(f"{path}: key {raw!r} maps to {value!r}, not an id >= 0")
         vocab[raw] = value
