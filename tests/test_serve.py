@@ -183,6 +183,20 @@ def test_batcher_returns_each_result_to_its_caller_and_respects_the_weight_limit
     assert all(sum(map(len, b)) <= 6 for b in batches)
 
 
+def test_batcher_starts_again_after_a_stop():
+    # an app's lifespan may run twice (schemathesis starts one per test): found by the fuzz tests
+    async def scenario():
+        batcher = MicroBatcher(lambda items: [i * 2 for i in items], len, 0.0, 8)
+        answers = []
+        for _ in range(2):
+            batcher.start()
+            answers.append(await batcher.submit("ab"))
+            await batcher.stop()
+        return answers
+
+    assert asyncio.run(scenario()) == ["abab", "abab"]
+
+
 # --- the server as a process -------------------------------------------------------------
 
 

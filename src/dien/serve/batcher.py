@@ -44,6 +44,14 @@ class MicroBatcher(Generic[Item, Result]):
         self.carry: tuple[Item, asyncio.Future[Result]] | None = None
 
     def start(self) -> None:
+        """Collect on the running event loop; after :meth:`stop` it starts afresh.
+
+        An application's lifespan may run more than once (test clients start one per test),
+        so the queue and the model thread are made anew each time.
+        """
+        self.queue = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dien-model")
+        self.carry = None
         self.task = asyncio.get_running_loop().create_task(self._collect_forever())
 
     async def stop(self) -> None:
