@@ -323,6 +323,21 @@ def test_health_and_openapi(server):
     assert set(request["properties"]) == {"user", "history", "candidates", "return_attention"}
 
 
+def test_openapi_documents_the_error_bodies_and_the_metrics_text(run_dir):
+    # the schema said 422 bodies hold a list of errors and /metrics JSON: found by schemathesis
+    pytest.importorskip("fastapi")
+    from dien.serve.app import create_app
+
+    schema = create_app(Scorer.from_run(run_dir)).openapi()
+    responses = schema["paths"]["/v1/score"]["post"]["responses"]
+    for status in ("400", "422"):
+        body = responses[status]["content"]["application/json"]["schema"]
+        assert body == {"$ref": "#/components/schemas/ErrorResponse"}
+    detail = schema["components"]["schemas"]["ErrorResponse"]["properties"]["detail"]
+    assert detail["type"] == "string"
+    assert list(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+
+
 def test_unknown_ids_score_as_the_unknown_id(server):
     base = {"history": [{"item": "i3"}], "candidates": [{"item": "zzz"}, {"item": "i4"}]}
     _, a = call(server, "POST", "/v1/score", json.dumps({**base, "user": "no-such-user"}))

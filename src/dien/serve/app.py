@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -78,6 +78,16 @@ class ScoreResponse(BaseModel):
         "truncated) history; null unless asked for, or when the model has no attention.",
     )
     model: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="What is wrong with the request, in one line.")
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body is not JSON."},
+    422: {"model": ErrorResponse, "description": "The body breaks the schema or a limit."},
+}
 
 
 class Metrics:
@@ -154,7 +164,7 @@ def create_app(scorer: Scorer) -> FastAPI:
             metrics.requests.labels(route, str(status)).inc()
             metrics.latency.labels(route).observe(time.perf_counter() - start)
 
-    @app.post("/v1/score", response_model=ScoreResponse)
+    @app.post("/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
     async def score(body: ScoreRequest) -> ScoreResponse:
         """Click probabilities of the candidates for this user and behaviour sequence."""
         try:
@@ -176,7 +186,7 @@ def create_app(scorer: Scorer) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "model": scorer.model_name}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
