@@ -223,6 +223,8 @@ BAD = [
     ("user,item,time\nu1,a,1\nu1,,2\n", "line 3, column 'item': missing value", "missing_value"),
     ("user,item,time\nu1,a,1\nu1,b,2,9\n", "line 3: 4 fields, the header has 3", "malformed"),
     (b"user,item,time\nu1,a,1\nu1,b\xff,2\n", "line 3: not UTF-8", "not_utf8"),
+    # found by the fuzz tests: a csv.Error of the line-by-line reading
+    (b"user,item,time\nu1,a,1\nu1,b\r,2\nu\xff,c,3\n", "line 3: not valid csv", "malformed"),
 ]
 
 

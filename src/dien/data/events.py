@@ -141,7 +141,11 @@ def _clean_lines(path: Path, fmt: str, bad: BadLines, tmp: Path) -> Path:
             if not line.strip():
                 continue
             if fmt == "csv":
-                fields = next(csv.reader([line.decode("utf-8")], delimiter=separator), [])
+                try:  # a lone carriage return inside a line is an error of the csv module
+                    fields = next(csv.reader([line.decode("utf-8")], delimiter=separator), [])
+                except csv.Error as e:
+                    bad.report("malformed", where(path, lineno), f"not valid csv ({e})")
+                    continue
                 if header is None:
                     header = fields
                 elif len(fields) != len(header):
