@@ -12,7 +12,7 @@ from dien.cli.main import main
 from dien.config import Config
 from dien.data.format import PreparedDataset
 from dien.train.inference import load_run, score_split
-from dien.train.loop import Trainer
+from dien.train.loop import Trainer, eval_loader, predict_logits
 
 SMALL = dict(
     embedding_dim=4, hidden_size=6, mlp_sizes=(8,), attention_mlp_sizes=(6,), aux_mlp_sizes=(6,)
@@ -76,12 +76,18 @@ def test_training_learns_the_signal(tiny, tmp_path):
 
 
 def test_same_seed_same_result_and_save_load_gives_identical_predictions(tiny, tmp_path):
-    a = Trainer(small_config(tiny, "dien"), tmp_path / "a").fit()
+    trainer = Trainer(small_config(tiny, "dien"), tmp_path / "a")
+    a = trainer.fit()  # leaves the best weights in trainer.model
     b = Trainer(small_config(tiny, "dien"), tmp_path / "b").fit()
     assert a.test.auc == b.test.auc and a.test.logloss == b.test.logloss
     loaded = load_run(tmp_path / "a")
     probabilities, metrics = score_split(loaded, tiny, "test")
     assert metrics.auc == a.test.auc and metrics.logloss == pytest.approx(a.test.logloss)
+    loader = eval_loader(tiny.split("test"), trainer.config.data)
+    in_memory = predict_logits(trainer.model.eval(), loader, torch.device("cpu"))
+    np.testing.assert_array_equal(
+        probabilities, torch.sigmoid(torch.from_numpy(in_memory).double())
+    )
     again, _ = score_split(load_run(tmp_path / "a"), tiny, "test")
     np.testing.assert_array_equal(probabilities, again)
 
