@@ -29,8 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks.synthetic import SyntheticSpec, generate
 
 LOG_INTERVAL = 20  # steps per metrics line
@@ -38,35 +36,10 @@ LOG_INTERVAL = 20  # steps per metrics line
 
 def prepare_data(folder: Path, samples: int, test_samples: int, seed: int = 0) -> Path:
     """A prepared Books-shaped dataset (no validation split), made once and kept in ``folder``."""
-    from dien.data.format import SplitArrays, write_prepared
-
     if (folder / "manifest.json").is_file():
         return folder
     spec = SyntheticSpec(train_samples=samples, test_samples=test_samples, seed=seed)
-    data = generate(spec)
-    splits = {name: data.split_arrays(name) for name in data.splits}
-    empty = {k: np.zeros(0, v.dtype) for k, v in splits["test"].__dict__.items()}
-    splits["valid"] = SplitArrays(**{**empty, "hist_offsets": np.zeros(1, np.int64)})
-    vocabs = {
-        name: ["<unk>"] + [f"{prefix}{i}" for i in range(1, n)]
-        for name, prefix, n in (
-            ("users", "u", spec.users),
-            ("items", "i", spec.items),
-            ("categories", "c", spec.categories),
-        )
-    }
-    write_prepared(
-        folder,
-        splits=splits,
-        vocabs=vocabs,
-        item_category=data.item_category,
-        item_frequency=data.item_frequency,
-        source="synthetic-books",
-        params={"seed": seed, "train_samples": samples},
-        counts={"users": spec.users - 1, "items": spec.items - 1},
-        command="benchmarks/distributed.py",
-    )
-    return folder
+    return generate(spec).write_prepared(folder, command="benchmarks/distributed.py")
 
 
 def free_port() -> int:

@@ -53,7 +53,6 @@ MODES = {"shared": [], "per-candidate": ["--per-candidate"]}
 def prepare_run(work: Path, samples: int, seed: int = 0) -> Path:
     """A prepared Books-shaped dataset and a briefly trained DIEN run (cached in ``work``)."""
     from dien.config import Config
-    from dien.data.format import SplitArrays, write_prepared
     from dien.train.loop import Trainer
 
     data_dir, run_dir = work / "data", work / "run"
@@ -61,29 +60,7 @@ def prepare_run(work: Path, samples: int, seed: int = 0) -> Path:
         return run_dir
     if not (data_dir / "manifest.json").is_file():
         spec = SyntheticSpec(train_samples=samples, test_samples=samples // 4, seed=seed)
-        data = generate(spec)
-        splits = {name: data.split_arrays(name) for name in data.splits}
-        empty = {k: np.zeros(0, v.dtype) for k, v in splits["test"].__dict__.items()}
-        splits["valid"] = SplitArrays(**{**empty, "hist_offsets": np.zeros(1, np.int64)})
-        vocabs = {
-            name: ["<unk>"] + [f"{prefix}{i}" for i in range(1, n)]
-            for name, prefix, n in (
-                ("users", "u", spec.users),
-                ("items", "i", spec.items),
-                ("categories", "c", spec.categories),
-            )
-        }
-        write_prepared(
-            data_dir,
-            splits=splits,
-            vocabs=vocabs,
-            item_category=data.item_category,
-            item_frequency=data.item_frequency,
-            source="synthetic-books",
-            params={"seed": seed, "train_samples": samples},
-            counts={"users": spec.users - 1, "items": spec.items - 1},
-            command="benchmarks/load_test.py",
-        )
+        generate(spec).write_prepared(data_dir, command="benchmarks/load_test.py")
     config = Config().replace("data", path=str(data_dir)).replace("model", name="dien")
     config = config.replace("train", epochs=1, device="cpu", progress=False, log_interval=50)
     Trainer(config, run_dir).fit()

@@ -108,6 +108,35 @@ class SyntheticData:
             hist_cats=s["hist_cats"],
         )
 
+    def write_prepared(self, folder: Path, command: str) -> Path:
+        """Write these samples as a prepared dataset (an empty validation split) to ``folder``."""
+        from dien.data.format import SplitArrays, write_prepared
+
+        spec = self.spec
+        splits = {name: self.split_arrays(name) for name in self.splits}
+        empty = {k: np.zeros(0, v.dtype) for k, v in splits["test"].__dict__.items()}
+        splits["valid"] = SplitArrays(**{**empty, "hist_offsets": np.zeros(1, np.int64)})
+        vocabs = {
+            name: ["<unk>"] + [f"{prefix}{i}" for i in range(1, n)]
+            for name, prefix, n in (
+                ("users", "u", spec.users),
+                ("items", "i", spec.items),
+                ("categories", "c", spec.categories),
+            )
+        }
+        write_prepared(
+            folder,
+            splits=splits,
+            vocabs=vocabs,
+            item_category=self.item_category,
+            item_frequency=self.item_frequency,
+            source="synthetic-books",
+            params={"seed": spec.seed, "train_samples": spec.train_samples},
+            counts={"users": spec.users - 1, "items": spec.items - 1},
+            command=command,
+        )
+        return folder
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

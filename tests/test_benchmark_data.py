@@ -115,6 +115,22 @@ def test_category_overlap_predicts_clicks(data: SyntheticData) -> None:
     assert auc(s["label"], overlap) > 0.8
 
 
+def test_write_prepared_opens_with_the_samples_and_an_empty_validation_split(
+    tmp_path: Path, data: SyntheticData
+) -> None:
+    from dien.data.format import PreparedDataset
+
+    ds = PreparedDataset.open(data.write_prepared(tmp_path / "ds", command="test"))
+    assert len(ds.split("valid")) == 0
+    for split in ("train", "test"):
+        opened, raw = ds.split(split), data.splits[split]
+        assert np.array_equal(opened.item, raw["item"])
+        assert np.array_equal(opened.hist_items, raw["hist_items"])
+        assert np.array_equal(opened.label, raw["label"])
+    assert ds.manifest["params"] == {"seed": 3, "train_samples": 6_000}
+    np.testing.assert_array_equal(ds.item_frequency, data.item_frequency)
+
+
 def test_same_seed_same_data_and_save_load(tmp_path: Path, data: SyntheticData) -> None:
     again = generate(SMALL)
     loaded = SyntheticData.load(data.save(tmp_path / "d.npz"))
