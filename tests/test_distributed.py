@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_data import make_tiny_dataset
 
 from dien.config import Config, ConfigError, config_to_toml
 from dien.data.batch import Batch
@@ -57,19 +56,7 @@ TRAIN = dict(
 TIMEOUT = 300  # seconds any one torchrun may take
 STEP_DELAY = 0.08  # seconds each step sleeps in a run that a test kills
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
-
-
-@pytest.fixture(autouse=True)
-def restore_torch_globals():
-    """Trainer sets deterministic algorithms and the thread count process-wide; undo both."""
-    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    yield
-    torch.use_deterministic_algorithms(deterministic)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_torch_globals")
 
 
 def tiny_config(tiny, model=SMALL, **train) -> Config:

@@ -6,7 +6,6 @@ import statistics
 
 import numpy as np
 import pytest
-from tiny_data import make_tiny_dataset
 
 from dien.cli.main import main
 from dien.config import Config
@@ -24,11 +23,6 @@ SMALL_FLAGS = [
     "--attention-mlp-sizes", "6", "--aux-mlp-sizes", "6", "--batch-size", "64",
     "--epochs", "1", "--no-progress",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
 
 
 def small_config(path, **train) -> Config:

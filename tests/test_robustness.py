@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_data import make_tiny_dataset
 
 from dien.config import Config
 from dien.train import checkpoint
@@ -42,19 +41,7 @@ TRAIN = dict(
 STEPS = 2 * 19  # 2 epochs of ceil(1200 / 64) batches
 STEP_DELAY = 0.08  # seconds each step sleeps in a process that a test kills
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
-
-
-@pytest.fixture(autouse=True)
-def restore_torch_globals():
-    """Trainer sets deterministic algorithms and the thread count process-wide; undo both."""
-    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    yield
-    torch.use_deterministic_algorithms(deterministic)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_torch_globals")
 
 
 def small_config(tiny, **train) -> Config:

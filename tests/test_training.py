@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_data import make_tiny_dataset
 
 from dien.cli.main import main
 from dien.config import Config
@@ -17,11 +16,6 @@ from dien.train.loop import Trainer, eval_loader, predict_logits
 SMALL = dict(
     embedding_dim=4, hidden_size=6, mlp_sizes=(8,), attention_mlp_sizes=(6,), aux_mlp_sizes=(6,)
 )
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
 
 
 def small_config(tiny, model="dien", **train) -> Config:
