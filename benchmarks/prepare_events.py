@@ -13,8 +13,8 @@ Then ``python -m dien prepare events`` runs in a child process so that its peak 
 memory (``ru_maxrss`` of the children, which counts numpy buffers) is its own, with the
 default time split (latest 10% of events test, the 10% before validation), histories of at
 most 100 clicks and, without labels, one sampled negative per click. Printed: the input,
-the wall time of the command (interpreter start and imports included), its peak RSS, events
-per second, the samples of each split and the size of the prepared folder. Run::
+the wall time of the command (interpreter start and imports included), its peak RSS and the
+peak of its anonymous part (RSS without the pages of memory-mapped files), events per second, the samples of each split and the size of the prepared folder. Run::
 
     python -m benchmarks.prepare_events --events 1000000
     python -m benchmarks.prepare_events              # 20,000,000 events
@@ -130,8 +130,15 @@ def folder_mib(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
-def run_prepare(events: Path, out: Path, labels: bool, max_history: int) -> tuple[float, float]:
-    """``dien prepare events`` in a child process; its wall seconds and peak RSS in MiB."""
+def run_prepare(
+    events: Path, out: Path, labels: bool, max_history: int
+) -> tuple[float, float, float]:
+    """``dien prepare events`` in a child process: wall seconds, peak RSS and peak anonymous RSS.
+
+    Peak RSS (``ru_maxrss``) counts the pages of memory-mapped files that are resident, which
+    the kernel can drop at any time; the anonymous part (``RssAnon`` of /proc, sampled every
+    0.1 s) is the memory the command itself holds.
+    """
     command = [sys.executable, "-m", "dien", "-q", "prepare", "events", "--input", str(events)]
     command += ["--user-col", "user", "--item-col", "item", "--time-col", "timestamp"]
     command += ["--category-col", "category", "--max-history", str(max_history)]
@@ -139,12 +146,28 @@ def run_prepare(events: Path, out: Path, labels: bool, max_history: int) -> tupl
     if labels:
         command += ["--label-col", "label"]
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak_anon_kib = 0
+    while child.poll() is None:
+        peak_anon_kib = max(peak_anon_kib, anonymous_kib(child.pid))
+        time.sleep(0.1)
     seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"dien prepare events failed ({result.returncode}):\n{result.stderr}")
+    _, stderr = child.communicate()
+    if child.returncode != 0:
+        sys.exit(f"dien prepare events failed ({child.returncode}):\n{stderr}")
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
-    return seconds, peak_mib
+    return seconds, peak_mib, peak_anon_kib / 1024
+
+
+def anonymous_kib(pid: int) -> int:
+    """The process's resident anonymous memory in KiB now (0 once it has gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def sizes_for(args: argparse.Namespace) -> dict:
@@ -191,13 +214,14 @@ def main() -> None:
     )
 
     out = args.workdir / ("prepared-" + name)
-    seconds, peak_mib = run_prepare(events, out, args.labels, args.max_history)
+    seconds, peak_mib, peak_anon_mib = run_prepare(events, out, args.labels, args.max_history)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     counts = manifest["counts"]
     print(
         f"dien prepare events (split time, max history {args.max_history}, "
         f"{'labels' if args.labels else '1 sampled negative per click'}): "
-        f"{seconds:.1f} s wall, peak RSS {peak_mib:,.0f} MiB, "
+        f"{seconds:.1f} s wall, peak RSS {peak_mib:,.0f} MiB "
+        f"(anonymous {peak_anon_mib:,.0f} MiB), "
         f"{counts['events'] / seconds:,.0f} events/s"
     )
     samples = "  ".join(f"{k} {v:,}" for k, v in counts["samples"].items())

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dien.data import events
 from dien.data.events import prepare_events
 from dien.data.format import DatasetError
 
@@ -370,3 +371,28 @@ def test_parquet_wrong_type_names_row_and_column(tmp_path):
     )
     assert ds.manifest["counts"]["filtered"]["wrong_type"] == 1
     assert [g[1] for g in decoded(ds, "train")[0::2]] == ["c"]
+
+
+def test_histories_in_chunks_and_memory_mapped_files_write_the_same_dataset(tmp_path, monkeypatch):
+    rng = np.random.default_rng(5)
+    n = 600
+    table = pl.DataFrame(
+        {
+            "user": rng.integers(0, 25, n),
+            "item": rng.integers(0, 40, n),
+            "time": rng.integers(0, 200, n),
+            "cat": rng.integers(0, 4, n),
+        }
+    )
+    path = tmp_path / "events.parquet"
+    table.write_parquet(path)
+    options = dict(COLS, category_col="cat", max_history=7, negatives_per_positive=2)
+    whole = prepare_events(path, tmp_path / "whole", **options)
+
+    monkeypatch.setattr(events, "SAMPLES_PER_CHUNK", 7)
+    monkeypatch.setattr(events, "HISTORY_IN_MEMORY", 1)
+    chunked = prepare_events(path, tmp_path / "chunked", **options)
+
+    assert whole.manifest["counts"]["samples"]["train"] > 7 * 20
+    assert chunked.manifest["checksums"] == whole.manifest["checksums"]
+    assert list(tmp_path.glob(".events-*")) == []  # the scratch files are gone

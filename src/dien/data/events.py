@@ -66,6 +66,9 @@ from dien.data.sampling import NegativeSampler
 
 logger = logging.getLogger(__name__)
 
+SAMPLES_PER_CHUNK = 1 << 19  # samples whose histories are gathered at once (int64 indices)
+HISTORY_IN_MEMORY = 1 << 26  # history steps of a split kept in memory; more go to a file
+
 FORMATS = {
     ".csv": "csv",
     ".tsv": "csv",
@@ -357,6 +360,22 @@ def _vocab_table(count: np.ndarray, min_count: int = 1) -> tuple[np.ndarray, np.
     return ranked, table
 
 
+def _history_coverage(n_clicks: int, begin: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """How many of the ranges ``[begin, begin + length)`` hold each click: (n_clicks,) int64.
+
+    The counts of items and categories over a split's histories, without gathering the
+    histories themselves (which at tens of millions of events do not fit in memory).
+    """
+    starts = np.bincount(begin, minlength=n_clicks + 1)
+    ends = np.bincount(begin + length, minlength=n_clicks + 1)
+    return np.cumsum(starts - ends)[:n_clicks]
+
+
+def _weighted_count(values: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
+    """``np.bincount(values, weights, n)`` for integer weights, as int64 (exact below 2**53)."""
+    return np.bincount(values, weights=weights, minlength=n).astype(np.int64)
+
+
 def _train_vocabularies(s: dict, train: np.ndarray, ev: dict, min_item_count: int, has_cat: bool):
     """Vocabularies from the training samples ``train``, item tables, items cut by count.
 
@@ -364,17 +383,19 @@ def _train_vocabularies(s: dict, train: np.ndarray, ev: dict, min_item_count: in
     ``ids[name]`` maps raw codes to ids and ``ids[name + "_ranked"]`` lists the raw codes of
     ids 1.. in order.
     """
-    hist_idx, _ = gather_ragged(
-        np.arange(len(s["click_item"])), s["hist_begin"][train], s["hist_len"][train]
-    )
-    train_items = np.concatenate([s["item"][train], s["click_item"][hist_idx]])
-    item_count = np.bincount(train_items, minlength=len(ev["item_names"]))
+    in_train_histories = _history_coverage(
+        len(s["click_item"]), s["hist_begin"][train], s["hist_len"][train]
+    )  # (n_clicks,) how many training histories hold each click
+    n_items = len(ev["item_names"])
+    item_count = np.bincount(s["item"][train], minlength=n_items)
+    item_count += _weighted_count(s["click_item"], in_train_histories, n_items)
     ids = {}
     ids["items_ranked"], ids["items"] = _vocab_table(item_count, min_item_count)
     user_count = np.bincount(s["user"][train], minlength=len(ev["user_names"]))
     ids["users_ranked"], ids["users"] = _vocab_table(user_count)
-    train_cats = np.concatenate([s["cat"][train], s["click_cat"][hist_idx]])
-    cat_count = np.bincount(train_cats, minlength=max(len(ev["cat_names"]), 1))
+    n_cats = max(len(ev["cat_names"]), 1)
+    cat_count = np.bincount(s["cat"][train], minlength=n_cats)
+    cat_count += _weighted_count(s["click_cat"], in_train_histories, n_cats)
     ids["categories_ranked"], ids["categories"] = _vocab_table(cat_count)
     if not has_cat:
         ids["categories_ranked"], ids["categories"] = np.zeros(0, np.int64), np.zeros(1, np.int32)
@@ -384,11 +405,11 @@ def _train_vocabularies(s: dict, train: np.ndarray, ev: dict, min_item_count: in
     item_category[ids["items"][s["item"][train]]] = ids["categories"][s["cat"][train]]
     item_category[0] = 0
     positives = train[s["label"][train] == 1]
-    occurrences = np.concatenate([s["item"][positives], s["click_item"][hist_idx]])
-    item_frequency = np.bincount(ids["items"][occurrences], minlength=n_ids).astype(np.int64)
+    item_frequency = np.bincount(ids["items"][s["item"][positives]], minlength=n_ids)
+    item_frequency += _weighted_count(ids["items"][s["click_item"]], in_train_histories, n_ids)
     item_frequency[0] = 0
     below = int(((item_count > 0) & (ids["items"] == 0)).sum())
-    return ids, (item_category, item_frequency), below
+    return ids, (item_category, item_frequency.astype(np.int64)), below
 
 
 def _check_options(p: dict) -> int:
@@ -504,10 +525,6 @@ def prepare_events(
         )
     sampler = NegativeSampler(item_frequency, item_category, "frequency") if k else None
 
-    splits = {
-        name: _split_arrays(s, idx, item_id, user_id, cat_id, k, sampler, rng)
-        for name, idx in samples.items()
-    }
     counts = {
         "users": len(ev["user_names"]),
         "items": len(ev["item_names"]),
@@ -521,22 +538,33 @@ def prepare_events(
         "items": [UNKNOWN, *ev["item_names"][ids["items_ranked"]].tolist()],
         "categories": [UNKNOWN, *ev["cat_names"][ids["categories_ranked"]].tolist()],
     }
-    out = write_prepared(
-        out_dir,
-        splits=splits,
-        vocabs=vocabs,
-        item_category=item_category,
-        item_frequency=item_frequency,
-        source="events",
-        params=params,
-        counts=counts,
-        command=command,
-    )
+    with tempfile.TemporaryDirectory(prefix=".events-", dir=out_dir.parent) as scratch:
+        splits = {
+            name: _split_arrays(s, idx, item_id, user_id, cat_id, k, sampler, rng, Path(scratch))
+            for name, idx in samples.items()
+        }
+        out = write_prepared(
+            out_dir,
+            splits=splits,
+            vocabs=vocabs,
+            item_category=item_category,
+            item_frequency=item_frequency,
+            source="events",
+            params=params,
+            counts=counts,
+            command=command,
+        )
+        del splits  # the memory-mapped histories, before their files go
     return PreparedDataset.open(out)
 
 
-def _split_arrays(s, idx, item_id, user_id, cat_id, k, sampler, rng) -> SplitArrays:
-    """Samples of the sorted events ``idx``; each positive followed by ``k`` negatives."""
+def _split_arrays(s, idx, item_id, user_id, cat_id, k, sampler, rng, scratch) -> SplitArrays:
+    """Samples of the sorted events ``idx``; each positive followed by ``k`` negatives.
+
+    Histories are gathered ``SAMPLES_PER_CHUNK`` samples at a time; beyond
+    ``HISTORY_IN_MEMORY`` steps they go to memory-mapped files in the folder ``scratch``,
+    so that memory stays bounded whatever the size of the log.
+    """
     item = item_id[s["item"][idx]]
     cat = cat_id[s["cat"][idx]]
     label = s["label"][idx].astype(np.float32)
@@ -547,9 +575,18 @@ def _split_arrays(s, idx, item_id, user_id, cat_id, k, sampler, rng) -> SplitArr
         cat = np.concatenate([cat[:, None], neg_cats], 1).ravel()
         label = np.tile(np.r_[np.float32(1), np.zeros(k, np.float32)], len(idx))
         rows = np.repeat(rows, k + 1)
-    hist, offsets = gather_ragged(
-        np.arange(len(s["click_item"])), s["hist_begin"][idx][rows], s["hist_len"][idx][rows]
-    )
+    begin, length = s["hist_begin"][idx][rows], s["hist_len"][idx][rows]
+    offsets = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(length, out=offsets[1:])
+    hist_items = _history_array(scratch, "hist_items", int(offsets[-1]))
+    hist_cats = _history_array(scratch, "hist_cats", int(offsets[-1]))
+    for lo in range(0, len(rows), SAMPLES_PER_CHUNK):
+        hi = min(lo + SAMPLES_PER_CHUNK, len(rows))
+        part = slice(offsets[lo], offsets[hi])
+        clicks, _ = gather_ragged(s["click_item"], begin[lo:hi], length[lo:hi])
+        hist_items[part] = item_id[clicks]
+        clicks, _ = gather_ragged(s["click_cat"], begin[lo:hi], length[lo:hi])
+        hist_cats[part] = cat_id[clicks]
     return SplitArrays(
         user=user_id[s["user"][idx][rows]],
         item=item.astype(np.int32),
@@ -557,6 +594,14 @@ def _split_arrays(s, idx, item_id, user_id, cat_id, k, sampler, rng) -> SplitArr
         label=label,
         timestamp=s["time"][idx][rows].astype(np.int64),
         hist_offsets=offsets,
-        hist_items=item_id[s["click_item"][hist]],
-        hist_cats=cat_id[s["click_cat"][hist]],
+        hist_items=hist_items,
+        hist_cats=hist_cats,
     )
+
+
+def _history_array(scratch: Path, name: str, n: int) -> np.ndarray:
+    """An int32 array of ``n`` history steps: in memory, or a memory-mapped file when large."""
+    if n <= HISTORY_IN_MEMORY:
+        return np.empty(n, np.int32)
+    path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".npy", dir=scratch)[1])
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.int32, shape=(n,))
