@@ -107,6 +107,7 @@ def _train_and_score_ours(
     from dien.data.loader import BatchLoader
     from dien.data.sampling import NegativeSampler
     from dien.models import build_model
+    from dien.train.loop import predict_logits
 
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
@@ -139,6 +140,7 @@ def _train_and_score_ours(
         max_history=settings.max_history,
         shuffle=False,
         seed=settings.seed,
+        bucket_by_length=True,  # as `dien evaluate` and `dien predict` read a split
     )
 
     with timer("train"):
@@ -154,10 +156,8 @@ def _train_and_score_ours(
             sparse.step()
             dense.step()
     with timer("score"):
-        model.eval()
-        with torch.inference_mode():
-            scores = [torch.sigmoid(model(b.without_label()).logit) for b in test]
-    return torch.cat(scores).numpy()
+        logits = predict_logits(model, test, torch.device("cpu"))  # (N,) in the split's order
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
 
 def run_other(

@@ -14,7 +14,8 @@ memory (``ru_maxrss`` of the children, which counts numpy buffers) is its own, w
 default time split (latest 10% of events test, the 10% before validation), histories of at
 most 100 clicks and, without labels, one sampled negative per click. Printed: the input,
 the wall time of the command (interpreter start and imports included), its peak RSS and the
-peak of its anonymous part (RSS without the pages of memory-mapped files), events per second, the samples of each split and the size of the prepared folder. Run::
+peak of its anonymous part (RSS without the pages of memory-mapped files), events per second,
+the samples of each split and the size of the prepared folder. Run::
 
     python -m benchmarks.prepare_events --events 1000000
     python -m benchmarks.prepare_events              # 20,000,000 events
