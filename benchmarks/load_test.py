@@ -88,6 +88,35 @@ def request_bodies(data_dir: Path, n: int, seed: int = 0) -> list[bytes]:
     return bodies
 
 
+def model_ms(run_dir: Path, bodies: list[bytes], threads: int) -> dict[str, float]:
+    """Median milliseconds of the model's work for one request, per mode, in this process.
+
+    The same requests as the load, mapped to ids beforehand and scored one at a time without
+    HTTP, JSON or batching: the part of a request's latency that the shared history saves on.
+    """
+    import torch
+
+    from dien.serve.config import ServeConfig
+    from dien.serve.scorer import Scorer
+
+    torch.set_num_threads(threads)
+    medians = {}
+    for mode, flags in MODES.items():
+        scorer = Scorer.from_run(run_dir, config=ServeConfig(shared_history=not flags))
+        requests = []
+        for body in map(json.loads, bodies):
+            history = [(h["item"], h["category"]) for h in body["history"]]
+            candidates = [(c["item"], None) for c in body["candidates"]]
+            requests.append(scorer.encode(body["user"], history, candidates))
+        seconds = []
+        for request in requests[:20] + requests:  # the first 20 warm up
+            start = time.perf_counter()
+            scorer.score([request])
+            seconds.append(time.perf_counter() - start)
+        medians[mode] = 1000 * float(np.median(seconds[20:]))
+    return medians
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -221,6 +250,11 @@ def main(argv: list[str] | None = None) -> None:
         f"load average at start {load_before:.1f}"
     )
     print(table(rows))
+    model = model_ms(run_dir, bodies[:200], args.threads)
+    print(
+        "model time per request in process (no HTTP, JSON or batching), median: "
+        + ", ".join(f"{mode} {ms:.2f} ms" for mode, ms in model.items())
+    )
     print(PAPER)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
