@@ -106,11 +106,13 @@ def _train_and_score_ours(
     from dien.data.batch import VocabSizes
     from dien.data.loader import BatchLoader
     from dien.data.sampling import NegativeSampler
+    from dien.layers.fused import load_extension
     from dien.models import build_model
     from dien.train.loop import predict_logits
 
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
+    load_extension()  # the fused recurrence's first build (about 40 s) is not training time
     config = ModelConfig(
         name=model_name,
         embedding_dim=settings.embedding_dim,

@@ -9,6 +9,7 @@ and the test of the fallback checks that the Python loop then takes over.
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -229,3 +230,11 @@ def test_layer_fused_gru_equals_torch_gru(extension, cell, monkeypatch):
     torch_out = layer(x, mask, None if cell == "gru" else a)  # through torch.nn.GRU
     for f, t in zip(fused_out, torch_out, strict=True):
         torch.testing.assert_close(f, t, rtol=1e-12, atol=1e-13)
+
+
+def test_the_ninja_package_comes_first_on_path_while_the_extension_loads(monkeypatch):
+    ninja = pytest.importorskip("ninja")
+    monkeypatch.setenv("PATH", "/somewhere/else")
+    with fused._our_ninja_first():
+        assert os.environ["PATH"].split(os.pathsep) == [ninja.BIN_DIR, "/somewhere/else"]
+    assert os.environ["PATH"] == "/somewhere/else"

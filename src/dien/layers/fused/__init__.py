@@ -27,10 +27,12 @@ What it covers, and what happens otherwise:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -62,6 +64,30 @@ def _compiler_flags() -> list[str]:
     return flags
 
 
+@contextlib.contextmanager
+def _our_ninja_first() -> Iterator[None]:
+    """Put the ``ninja`` package's executable first on PATH while the extension loads.
+
+    Two versions of ninja hash a build command differently, so a build made by one looks out
+    of date to the other: with a system ninja beside the package's, every switch between an
+    activated and a plain environment would recompile the extension (about 40 s). Always
+    taking the dependency's ninja keeps one build valid for every process.
+    """
+    try:
+        import ninja
+
+        bin_dir = ninja.BIN_DIR
+    except (ImportError, AttributeError):  # no package: whatever ninja PATH has
+        yield
+        return
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = bin_dir + os.pathsep + path
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
+
+
 def load_extension() -> ModuleType | None:
     """The compiled extension, building it on first use; None if it cannot be had."""
     global _extension, _failed
@@ -75,9 +101,10 @@ def load_extension() -> ModuleType | None:
         try:
             from torch.utils import cpp_extension
 
-            _extension = cpp_extension.load(
-                name=name, sources=[str(SOURCE)], extra_cflags=flags, verbose=False
-            )
+            with _our_ninja_first():
+                _extension = cpp_extension.load(
+                    name=name, sources=[str(SOURCE)], extra_cflags=flags, verbose=False
+                )
         except Exception as error:  # a missing compiler, ninja or header: anything goes
             _failed = True
             logger.warning(
