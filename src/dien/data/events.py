@@ -28,11 +28,16 @@ label and a behaviour type. The rules:
   event's; ``item_category`` holds, for each item, a category its training events give it.
 
 Reading is columnar (polars, lazily for parquet and csv) and the samples are built with numpy
-on integer codes, without a Python loop over rows. A csv or JSON lines file that polars cannot
-parse is read a second time line by line to find the line at fault (``on_bad_lines="error"``)
-or to drop bad lines and count them (``"skip"``). Rows with a missing value or a value of the
-wrong type are reported with the line (csv, JSON lines, assuming one record per line) or row
-(parquet) and the column.
+on integer codes, without a Python loop over rows. Memory grows with the number of events, not
+with the number of history steps: counts over histories come from how many histories cover
+each click, histories are gathered in chunks, and a split's histories beyond
+``HISTORY_IN_MEMORY`` steps are written through memory-mapped scratch files beside the output
+(20 million events with histories of up to 100 took 4.5 GiB).
+
+A csv or JSON lines file that polars cannot parse is read a second time line by line to find
+the line at fault (``on_bad_lines="error"``) or to drop bad lines and count them (``"skip"``).
+Rows with a missing value or a value of the wrong type are reported with the line (csv, JSON
+lines, assuming one record per line) or row (parquet) and the column.
 """
 
 from __future__ import annotations
