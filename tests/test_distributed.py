@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_data import SMALL
 
 from dien.config import Config, ConfigError, config_to_toml
 from dien.data.batch import Batch
@@ -37,9 +38,6 @@ from dien.train.inference import load_run
 from dien.train.loop import Trainer, evaluate_split
 from dien.train.run import RunFolder
 
-SMALL = dict(
-    embedding_dim=4, hidden_size=6, mlp_sizes=(8,), attention_mlp_sizes=(6,), aux_mlp_sizes=(6,)
-)
 # Dice normalises by the batch's statistics, which under DDP are each rank's own rows' (as
 # BatchNorm without SyncBatchNorm); PReLU depends on no other row, so the gradient is exact.
 EXACT = dict(SMALL, activation="prelu")

@@ -8,21 +8,17 @@ import onnx
 import pytest
 import torch
 from model_fixtures import TINY, VOCAB
-from tiny_data import make_tiny_dataset
+from tiny_data import train_tiny_dien
 
 from dien.cli.main import main
-from dien.config import MODEL_NAMES, Config
+from dien.config import MODEL_NAMES
 from dien.export import INPUT_NAMES, export_run, load_exported, sidecar_path
 from dien.export.export import example_inputs, export_onnx, trace_scoring_module
 from dien.export.graph import ScriptedRecurrentLayer
 from dien.layers.recurrent import RecurrentLayer
 from dien.models import build_model
 from dien.train.inference import load_run
-from dien.train.loop import Trainer
 
-SMALL = dict(
-    embedding_dim=4, hidden_size=6, mlp_sizes=(8,), attention_mlp_sizes=(6,), aux_mlp_sizes=(6,)
-)
 # batch 1, empty histories, and histories longer than the 5 steps the export traced with
 LENGTHS = ([0], [1], [4], [0, 0], [7, 2, 0, 12, 5], [30, 1, 0])
 
@@ -30,12 +26,7 @@ LENGTHS = ([0], [1], [4], [0, 0], [7, 2, 0, 12, 5], [30, 1, 0])
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    tiny = make_tiny_dataset(root / "tiny", sizes=(256, 64, 64))
-    config = Config().replace("data", path=str(tiny.path), batch_size=128, eval_batch_size=256)
-    config = config.replace("model", name="dien", **SMALL)
-    config = config.replace("train", epochs=1, log_interval=5, progress=False)
-    Trainer(config, root / "run").fit()
-    return root / "run"
+    return train_tiny_dien(root, sizes=(256, 64, 64), batch_size=128)
 
 
 def eager_probabilities(model, inputs) -> np.ndarray:

@@ -17,6 +17,7 @@ import json
 import pickle
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -196,7 +197,7 @@ def amazon(reviews: bytes, meta: bytes, on_bad_lines: str = "error") -> object:
         r, m = Path(tmp) / "reviews.json", Path(tmp) / "meta.json"
         r.write_bytes(reviews)
         m.write_bytes(meta)
-        run = lambda: prepare_amazon(r, m, Path(tmp) / "out", on_bad_lines=on_bad_lines)  # noqa: E731
+        run = partial(prepare_amazon, r, m, Path(tmp) / "out", on_bad_lines=on_bad_lines)
         return attempt("amazon.prepare_amazon", run, r, m)
 
 
@@ -294,7 +295,7 @@ def release(files: dict[str, bytes], on_bad_lines: str = "error") -> object:
         folder.mkdir()
         for name, data in files.items():
             (folder / name).write_bytes(data)
-        run = lambda: prepare_dien_release(folder, Path(tmp) / "out", on_bad_lines=on_bad_lines)  # noqa: E731
+        run = partial(prepare_dien_release, folder, Path(tmp) / "out", on_bad_lines=on_bad_lines)
         return attempt("release.prepare_dien_release", run, folder)
 
 
@@ -368,7 +369,7 @@ def movielens(ratings: bytes, movies: bytes) -> object:
         r, m = Path(tmp) / "ratings.csv", Path(tmp) / "movies.csv"
         r.write_bytes(ratings)
         m.write_bytes(movies)
-        run = lambda: prepare_movielens(r, m, Path(tmp) / "out")  # noqa: E731
+        run = partial(prepare_movielens, r, m, Path(tmp) / "out")
         return attempt("movielens.prepare_movielens", run, r, m)
 
 

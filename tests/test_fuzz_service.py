@@ -17,11 +17,9 @@ import pytest
 from fuzz_tally import record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_data import make_tiny_dataset
+from tiny_data import train_tiny_dien
 
-from dien.config import Config
 from dien.serve import Scorer, ServeConfig
-from dien.train.loop import Trainer
 
 schemathesis = pytest.importorskip("schemathesis")
 pytest.importorskip("fastapi")
@@ -52,21 +50,14 @@ CHECKS = [
     response_schema_conformance,
     negative_data_rejection,
 ]
-SMALL = dict(
-    embedding_dim=4, hidden_size=6, mlp_sizes=(8,), attention_mlp_sizes=(6,), aux_mlp_sizes=(6,)
-)
 
 
 @pytest.fixture(scope="module")
 def schema(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz-serve")
-    tiny = make_tiny_dataset(root / "tiny", sizes=(64, 16, 16))
-    config = Config().replace("data", path=str(tiny.path), batch_size=64, eval_batch_size=64)
-    config = config.replace("model", name="dien", **SMALL)
-    config = config.replace("train", epochs=1, log_interval=5, progress=False)
-    Trainer(config, root / "run").fit()
+    run = train_tiny_dien(root, sizes=(64, 16, 16), batch_size=64)
     limits = ServeConfig(max_candidates=MAX_CANDIDATES, max_history=MAX_HISTORY)
-    app = create_app(Scorer.from_run(root / "run", config=limits))
+    app = create_app(Scorer.from_run(run, config=limits))
     # no constants mined from the source of every module the app imports (torch too): ~40 s
     config = schemathesis.Config.from_dict({"analysis": {"constants": {"enabled": False}}})
     return schemathesis.openapi.from_asgi("/openapi.json", app, config=config)

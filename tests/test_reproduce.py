@@ -6,6 +6,7 @@ import statistics
 
 import numpy as np
 import pytest
+from tiny_data import SMALL
 
 from dien.cli.main import main
 from dien.config import Config
@@ -15,9 +16,6 @@ from dien.train.reproduce import PAPER_AUC, paper_dataset, table_models, write_r
 from dien.train.run import RunFolder
 from dien.train.suite import SuiteMismatch, run_dir_for, run_suite, suite_config
 
-SMALL = dict(
-    embedding_dim=4, hidden_size=6, mlp_sizes=(8,), attention_mlp_sizes=(6,), aux_mlp_sizes=(6,)
-)
 SMALL_FLAGS = [
     "--embedding-dim", "4", "--hidden-size", "6", "--mlp-sizes", "8",
     "--attention-mlp-sizes", "6", "--aux-mlp-sizes", "6", "--batch-size", "64",

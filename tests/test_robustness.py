@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_data import SMALL
 
 from dien.config import Config
 from dien.train import checkpoint
@@ -25,9 +26,6 @@ from dien.train.checkpoint import StorageError, load_checkpoint, save_checkpoint
 from dien.train.loop import NonFiniteError, Trainer
 from dien.train.run import RunFolder
 
-SMALL = dict(
-    embedding_dim=4, hidden_size=6, mlp_sizes=(8,), attention_mlp_sizes=(6,), aux_mlp_sizes=(6,)
-)
 TRAIN = dict(
     epochs=2,
     log_interval=1,

@@ -6,16 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_data import SMALL
 
 from dien.cli.main import main
 from dien.config import Config
 from dien.data.format import PreparedDataset
 from dien.train.inference import load_run, score_split
 from dien.train.loop import Trainer, eval_loader, predict_logits
-
-SMALL = dict(
-    embedding_dim=4, hidden_size=6, mlp_sizes=(8,), attention_mlp_sizes=(6,), aux_mlp_sizes=(6,)
-)
 
 
 def small_config(tiny, model="dien", **train) -> Config:

@@ -7,6 +7,10 @@ import numpy as np
 from dien.data.format import PreparedDataset, SplitArrays, write_prepared
 
 N_USERS, N_ITEMS, N_CATS = 30, 60, 6
+# Model sizes for end-to-end tests: every layer there, a few units each.
+SMALL = dict(
+    embedding_dim=4, hidden_size=6, mlp_sizes=(8,), attention_mlp_sizes=(6,), aux_mlp_sizes=(6,)
+)
 
 
 def _split(
@@ -65,3 +69,18 @@ def make_tiny_dataset(out: Path, seed: int = 0, sizes=(1200, 300, 300)) -> Prepa
         counts={"users": N_USERS - 1, "items": N_ITEMS - 1, "categories": N_CATS - 1},
     )
     return PreparedDataset.open(out)
+
+
+def train_tiny_dien(root: Path, sizes: tuple[int, int, int], batch_size: int) -> Path:
+    """One epoch of a SMALL DIEN on a tiny dataset made under ``root``; its run folder."""
+    from dien.config import Config
+    from dien.train.loop import Trainer
+
+    tiny = make_tiny_dataset(root / "tiny", sizes=sizes)
+    config = Config().replace(
+        "data", path=str(tiny.path), batch_size=batch_size, eval_batch_size=2 * batch_size
+    )
+    config = config.replace("model", name="dien", **SMALL)
+    config = config.replace("train", epochs=1, log_interval=5, progress=False)
+    Trainer(config, root / "run").fit()
+    return root / "run"
