@@ -15,31 +15,20 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from tiny_data import make_tiny_dataset
+from tiny_data import make_tiny_dataset, train_tiny_dien
 
-from dien.config import Config
 from dien.data.batch import Batch
 from dien.data.format import PreparedDataset
 from dien.serve import RequestError, Scorer, ServeConfig
 from dien.serve.batcher import MicroBatcher
 from dien.serve.scorer import length_groups
 from dien.train.inference import load_run, score_split
-from dien.train.loop import Trainer
-
-SMALL = dict(
-    embedding_dim=4, hidden_size=6, mlp_sizes=(8,), attention_mlp_sizes=(6,), aux_mlp_sizes=(6,)
-)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    tiny = make_tiny_dataset(root / "tiny", sizes=(256, 64, 64))
-    config = Config().replace("data", path=str(tiny.path), batch_size=128, eval_batch_size=256)
-    config = config.replace("model", name="dien", **SMALL)
-    config = config.replace("train", epochs=1, log_interval=5, progress=False)
-    Trainer(config, root / "run").fit()
-    return root / "run"
+    return train_tiny_dien(root, sizes=(256, 64, 64), batch_size=128)
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +184,20 @@ def test_batcher_starts_again_after_a_stop():
         return answers
 
     assert asyncio.run(scenario()) == ["abab", "abab"]
+
+
+def test_batcher_refuses_items_when_not_running():
+    async def scenario():
+        batcher = MicroBatcher(lambda items: list(items), len, 0.0, 8)
+        await batcher.stop()  # stopping a batcher that never started does nothing
+        with pytest.raises(RuntimeError, match="start"):
+            await batcher.submit("ab")
+        batcher.start()
+        await batcher.stop()
+        with pytest.raises(RuntimeError, match="start"):
+            await batcher.submit("ab")
+
+    asyncio.run(scenario())
 
 
 # --- the server as a process -------------------------------------------------------------

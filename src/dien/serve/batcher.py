@@ -38,10 +38,10 @@ class MicroBatcher(Generic[Item, Result]):
         self.window_s = window_s
         self.max_weight = max_weight
         self.on_batch = on_batch  # called with (items, total weight) of each batch
-        self.queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] = asyncio.Queue()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dien-model")
-        self.task: asyncio.Task[None] | None = None
-        self.carry: tuple[Item, asyncio.Future[Result]] | None = None
+        self.task: asyncio.Task[None] | None = None  # the collector; the rest is made by start()
+        self.queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]]
+        self.executor: ThreadPoolExecutor
+        self.carry: tuple[Item, asyncio.Future[Result]] | None
 
     def start(self) -> None:
         """Collect on the running event loop; after :meth:`stop` it starts afresh.
@@ -55,14 +55,17 @@ class MicroBatcher(Generic[Item, Result]):
         self.task = asyncio.get_running_loop().create_task(self._collect_forever())
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        if self.task is None:
+            return
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
         self.executor.shutdown(wait=True)
 
     async def submit(self, item: Item) -> Result:
         """The result of ``item``, computed in some batch; raises what the batch raised."""
+        if self.task is None or self.task.done():
+            raise RuntimeError("the batcher is not running: call start() first")
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         await self.queue.put((item, future))
         return await future
