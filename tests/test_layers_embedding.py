@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from model_fixtures import VOCAB, make_batch
 
-from dien.layers.embedding import EmbeddingLayer
+from dien.layers.embedding import EmbeddingLayer, lookup
 
 
 def test_embeddings_shapes_concatenation_and_padding():
@@ -52,3 +52,18 @@ def test_one_lookup_per_table_equals_one_lookup_per_tensor_in_values_and_gradien
     for a, b in zip(grads[0][0], grads[1][0], strict=True):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(grads[0][1], grads[1][1])
+
+
+def test_sparse_lookup_has_one_gradient_row_per_distinct_id_and_plain_values_without_grad():
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(10, 4, padding_idx=0, sparse=True)
+    ids = torch.tensor([[3, 3, 5, 0], [5, 3, 7, 7]])
+    (lookup(table, ids) * torch.arange(1.0, 5.0)).sum().backward()
+    grad = table.weight.grad
+    assert grad._indices().shape[1] == 3  # ids 3, 5, 7 once each (padding 0 gets none)
+    expected = torch.zeros(10, 4)
+    expected.index_add_(0, ids.reshape(-1), torch.arange(1.0, 5.0).expand(8, 4))
+    expected[0] = 0  # the padding row gets no gradient
+    torch.testing.assert_close(grad.to_dense(), expected)
+    with torch.no_grad():
+        torch.testing.assert_close(lookup(table, ids), table.weight[ids])

@@ -97,9 +97,11 @@ def lookup(table: nn.Embedding, ids: Tensor) -> Tensor:
     batch names a few thousand distinct items and a few dozen categories. Looking up the
     distinct ids and gathering them back makes the sparse gradient one row per distinct id;
     the values are identical. On CUDA the plain lookup is kept, because ``torch.unique`` has a
-    data-dependent size and would make every step wait for the device.
+    data-dependent size and would make every step wait for the device; so it is where no
+    gradient is taken (scoring), where the sort would be pure cost.
     """
-    if not (table.sparse and ids.device.type == "cpu"):
+    wants_gradient = torch.is_grad_enabled() and table.weight.requires_grad
+    if not (table.sparse and wants_gradient and ids.device.type == "cpu"):
         return table(ids)  # (..., D)
     distinct, position = torch.unique(ids, return_inverse=True)  # (U,), same shape as ids
     return table(distinct)[position]  # (..., D)
