@@ -19,6 +19,8 @@ from dien.layers.recurrent import RecurrentLayer, run_recurrence, run_recurrence
 
 KINDS = ["gru", "agru", "augru_paper", "augru_authors"]
 H = 4
+IN = 3  # input width
+NAMES = ["inputs", "attention", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "h0"]
 # (lengths, T): random lengths with 0, batch size 1, all rows empty, T = 0, a full batch
 SHAPES = [([0, 3, 6, 1, 6], 6), ([4], 4), ([0], 3), ([2, 0, 5], 7), ([0, 0], 0), ([3, 3], 3)]
 
@@ -31,10 +33,11 @@ def extension():
     return ext
 
 
-def reference(kind, x_proj, a, mask, w_hh, b_hh, h0):
+def reference(kind, inputs, a, mask, weights, h0):
     """One row and one step at a time; a padded step keeps the state and outputs zeros."""
-    B, T, _ = x_proj.shape
-    outputs = torch.zeros(B, T, H, dtype=x_proj.dtype)
+    w_ih, w_hh, b_ih, b_hh = weights
+    B, T, _ = inputs.shape
+    outputs = torch.zeros(B, T, H, dtype=inputs.dtype)
     finals = []
     for b in range(B):
         h = h0[b]
@@ -42,7 +45,7 @@ def reference(kind, x_proj, a, mask, w_hh, b_hh, h0):
             if not mask[b, t]:
                 continue
             hp = w_hh @ h + b_hh
-            x = x_proj[b, t]
+            x = w_ih @ inputs[b, t] + b_ih
             r = torch.sigmoid(x[:H] + hp[:H])
             if kind == "agru":
                 candidate = torch.tanh(x[H:] + r * hp[H:])
@@ -62,19 +65,21 @@ def reference(kind, x_proj, a, mask, w_hh, b_hh, h0):
 
 
 def random_inputs(kind, lengths, T, seed, dtype=torch.float64, hole=False):
+    """inputs, attention, mask, weights (weight_ih, weight_hh, bias_ih, bias_hh), h0."""
     g = torch.Generator().manual_seed(seed)
     B, G = len(lengths), 2 if kind == "agru" else 3
 
     def rand(*shape, scale=1.0):
         return (scale * torch.randn(*shape, generator=g, dtype=dtype)).requires_grad_()
 
-    x_proj = rand(B, T, G * H)
+    inputs = rand(B, T, IN)
     attention = torch.rand(B, T, generator=g, dtype=dtype).requires_grad_()
-    w_hh, b_hh, h0 = rand(G * H, H, scale=0.7), rand(G * H), rand(B, H)
+    weights = (rand(G * H, IN), rand(G * H, H, scale=0.7), rand(G * H), rand(G * H))
+    h0 = rand(B, H)
     mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
     if hole and T > 2:
         mask[:, 1] = False  # a padded step inside the history: the state must be carried
-    return x_proj, attention, mask, w_hh, b_hh, h0
+    return inputs, attention, mask, weights, h0
 
 
 def weighted_sum(outputs, final, seed, parts=("outputs", "final")):
@@ -99,12 +104,12 @@ def gradients(loss, wrt):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("lengths,T", SHAPES)
 def test_fused_matches_reference_values_and_gradients(extension, kind, lengths, T):
-    x_proj, a, mask, w_hh, b_hh, h0 = random_inputs(kind, lengths, T, seed=len(lengths) + T)
+    inputs, a, mask, weights, h0 = random_inputs(kind, lengths, T, seed=len(lengths) + T)
     attention = None if kind == "gru" else a
-    wrt = [x_proj, a, w_hh, b_hh, h0]
+    wrt = [inputs, a, *weights, h0]
 
-    outputs, final = fused.fused_recurrence(kind, x_proj, attention, mask, w_hh, b_hh, h0)
-    ref_outputs, ref_final = reference(kind, x_proj, a, mask, w_hh, b_hh, h0)
+    outputs, final = fused.fused_recurrence(kind, inputs, attention, mask, weights, h0)
+    ref_outputs, ref_final = reference(kind, inputs, a, mask, weights, h0)
     torch.testing.assert_close(outputs, ref_outputs, rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(final, ref_final, rtol=1e-12, atol=1e-13)
     if T == 0:
@@ -113,23 +118,22 @@ def test_fused_matches_reference_values_and_gradients(extension, kind, lengths, 
     # gradients of the outputs and final state together, then of each alone (the models use
     # one or the other, and autograd then passes no gradient for the unused one)
     for parts in (("outputs", "final"), ("outputs",), ("final",)):
-        outputs, final = fused.fused_recurrence(kind, x_proj, attention, mask, w_hh, b_hh, h0)
+        outputs, final = fused.fused_recurrence(kind, inputs, attention, mask, weights, h0)
         got = gradients(weighted_sum(outputs, final, 5, parts), wrt)
         want = gradients(weighted_sum(ref_outputs, ref_final, 5, parts), wrt)
-        names = ["x_proj", "attention", "weight_hh", "bias_hh", "h0"]
-        for name, g_got, g_want in zip(names, got, want, strict=True):
+        for name, g_got, g_want in zip(NAMES, got, want, strict=True):
             torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12, msg=name)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_fused_carries_the_state_over_a_padded_step_inside_a_row(extension, kind):
-    x_proj, a, mask, w_hh, b_hh, h0 = random_inputs(kind, [5, 4, 1], 5, seed=11, hole=True)
+    inputs, a, mask, weights, h0 = random_inputs(kind, [5, 4, 1], 5, seed=11, hole=True)
     attention = None if kind == "gru" else a
-    got = fused.fused_recurrence(kind, x_proj, attention, mask, w_hh, b_hh, h0)
-    want = reference(kind, x_proj, a, mask, w_hh, b_hh, h0)
+    got = fused.fused_recurrence(kind, inputs, attention, mask, weights, h0)
+    want = reference(kind, inputs, a, mask, weights, h0)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-13)
-    wrt = [x_proj, a, w_hh, b_hh, h0]
+    wrt = [inputs, a, *weights, h0]
     got_grads = gradients(weighted_sum(*got, 3), wrt)
     want_grads = gradients(weighted_sum(*want, 3), wrt)
     for g, w in zip(got_grads, want_grads, strict=True):
@@ -138,32 +142,32 @@ def test_fused_carries_the_state_over_a_padded_step_inside_a_row(extension, kind
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_fused_passes_gradcheck(extension, kind):
-    x_proj, a, mask, w_hh, b_hh, h0 = random_inputs(kind, [3, 0, 2], 3, seed=7)
+    inputs, a, mask, weights, h0 = random_inputs(kind, [3, 0, 2], 3, seed=7)
     if kind == "gru":
-        inputs = (x_proj, w_hh, b_hh, h0)
+        args = (inputs, *weights, h0)
 
-        def f(x, w, b, h):
-            return fused.fused_recurrence(kind, x, None, mask, w, b, h)
+        def f(x, w_ih, w_hh, b_ih, b_hh, h):
+            return fused.fused_recurrence(kind, x, None, mask, (w_ih, w_hh, b_ih, b_hh), h)
     else:
-        inputs = (x_proj, a, w_hh, b_hh, h0)
+        args = (inputs, a, *weights, h0)
 
-        def f(x, att, w, b, h):
-            return fused.fused_recurrence(kind, x, att, mask, w, b, h)
+        def f(x, att, w_ih, w_hh, b_ih, b_hh, h):
+            return fused.fused_recurrence(kind, x, att, mask, (w_ih, w_hh, b_ih, b_hh), h)
 
-    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_fused_float32_and_no_grad_agree_with_the_loop(extension, kind):
     lengths = [7, 0, 3, 7, 1, 5]
-    x_proj, a, mask, w_hh, b_hh, h0 = random_inputs(kind, lengths, 7, 3, dtype=torch.float32)
+    inputs, a, mask, weights, h0 = random_inputs(kind, lengths, 7, 3, dtype=torch.float32)
     attention = None if kind == "gru" else a
-    args = (kind, x_proj, attention, mask, w_hh, b_hh, h0)
+    args = (kind, inputs, attention, mask, weights, h0)
     got = fused.fused_recurrence(*args)
     want = run_recurrence_loop(*args)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=2e-6)
-    wrt = [x_proj, a, w_hh, b_hh, h0]
+    wrt = [inputs, a, *weights, h0]
     got_grads = gradients(weighted_sum(*got, 1), wrt)
     want_grads = gradients(weighted_sum(*want, 1), wrt)
     for g, w in zip(got_grads, want_grads, strict=True):
@@ -175,6 +179,34 @@ def test_fused_float32_and_no_grad_agree_with_the_loop(extension, kind):
     torch.testing.assert_close(final, got[1].detach(), rtol=0, atol=0)
 
 
+@pytest.fixture
+def threads():
+    """Set torch's intra-op thread count for one test and restore it afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_fused_rows_shared_among_threads_match_the_reference(extension, kind, n_threads, threads):
+    # 53 rows make 3 shares of 16 or more rows on 3 threads, dealt round-robin by length
+    threads(n_threads)
+    g = torch.Generator().manual_seed(4)
+    lengths = torch.randint(0, 9, (53,), generator=g).tolist()
+    inputs, a, mask, weights, h0 = random_inputs(kind, lengths, 8, seed=n_threads)
+    attention = None if kind == "gru" else a
+    got = fused.fused_recurrence(kind, inputs, attention, mask, weights, h0)
+    want = reference(kind, inputs, a, mask, weights, h0)
+    for g_, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g_, w, rtol=1e-12, atol=1e-13)
+    wrt = [inputs, a, *weights, h0]
+    got_grads = gradients(weighted_sum(*got, 2), wrt)
+    want_grads = gradients(weighted_sum(*want, 2), wrt)
+    for g_, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g_, w, rtol=1e-10, atol=1e-12)
+
+
 def test_run_recurrence_takes_the_fused_path_and_the_switch_turns_it_off(extension, monkeypatch):
     calls = []
     real = fused.load_extension
@@ -183,17 +215,17 @@ def test_run_recurrence_takes_the_fused_path_and_the_switch_turns_it_off(extensi
         calls.append(1)
         return real()
 
-    x_proj, a, mask, w_hh, b_hh, h0 = random_inputs("augru_paper", [2, 1], 2, seed=1)
+    inputs, a, mask, weights, h0 = random_inputs("augru_paper", [2, 1], 2, seed=1)
     monkeypatch.delenv("DIEN_DISABLE_FUSED", raising=False)
     monkeypatch.setattr(fused, "load_extension", counting)
-    run_recurrence("augru_paper", x_proj, a, mask, w_hh, b_hh, h0)
+    run_recurrence("augru_paper", inputs, a, mask, weights, h0)
     assert calls, "run_recurrence did not use the fused recurrence on CPU float64"
 
     calls.clear()
     monkeypatch.setenv("DIEN_DISABLE_FUSED", "1")
-    got = run_recurrence("augru_paper", x_proj, a, mask, w_hh, b_hh, h0)
+    got = run_recurrence("augru_paper", inputs, a, mask, weights, h0)
     assert not calls
-    want = reference("augru_paper", x_proj, a, mask, w_hh, b_hh, h0)
+    want = reference("augru_paper", inputs, a, mask, weights, h0)
     torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=1e-13)
 
 
@@ -207,13 +239,13 @@ def test_a_failed_build_warns_once_and_falls_back_to_the_loop(monkeypatch, caplo
     monkeypatch.setattr(fused, "_extension", None)
     monkeypatch.setattr(fused, "_failed", False)
     monkeypatch.setattr(cpp_extension, "load", broken_load)
-    x_proj, a, mask, w_hh, b_hh, h0 = random_inputs("agru", [3, 1], 3, seed=2)
+    inputs, a, mask, weights, h0 = random_inputs("agru", [3, 1], 3, seed=2)
     with caplog.at_level(logging.WARNING, logger="dien.layers.fused"):
-        first = run_recurrence("agru", x_proj, a, mask, w_hh, b_hh, h0)
-        run_recurrence("agru", x_proj, a, mask, w_hh, b_hh, h0)
+        first = run_recurrence("agru", inputs, a, mask, weights, h0)
+        run_recurrence("agru", inputs, a, mask, weights, h0)
     warnings = [r for r in caplog.records if "could not be compiled" in r.getMessage()]
     assert len(warnings) == 1 and "no compiler here" in warnings[0].getMessage()
-    want = reference("agru", x_proj, a, mask, w_hh, b_hh, h0)
+    want = reference("agru", inputs, a, mask, weights, h0)
     torch.testing.assert_close(first[0], want[0], rtol=1e-12, atol=1e-13)
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from dien.layers.attention import DIENAttention, DINAttention, masked_softmax
+import dien.layers.fused as fused
+from dien.layers.attention import AttentionScorer, DIENAttention, DINAttention, masked_softmax
 
 
 def scorer_reference(mlp_linears, q, k):
@@ -121,3 +123,51 @@ def test_packed_and_padded_scoring_agree_in_values_and_gradients(monkeypatch):
     padded = run()
     for a, b in zip(packed, padded, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Count the calls of the fused attention kernel (skip where it cannot be built)."""
+    import dien.layers.attention as attention_module
+
+    if fused.load_extension() is None:
+        pytest.skip("the fused kernels could not be compiled here")
+    monkeypatch.delenv(fused.DISABLE_VARIABLE, raising=False)
+    calls = []
+
+    def counting(*args):
+        calls.append(1)
+        return fused.fused_attention_scores(*args)
+
+    monkeypatch.setattr(attention_module, "fused_attention_scores", counting)
+    return calls
+
+
+@pytest.mark.parametrize("hidden", [(5, 3), (), (6, 5, 4)])
+@pytest.mark.parametrize("lengths", [[4, 1, 0, 2, 4], [3], [0, 0]])
+def test_fused_scores_without_gradients_match_the_reference(fused_calls, hidden, lengths):
+    torch.manual_seed(len(hidden))
+    scorer = AttentionScorer(4, hidden).double()
+    query, keys, mask = inputs(lengths, 4, seed=6)
+    with torch.no_grad():
+        got = scorer(query, keys, mask)
+    assert fused_calls, "scoring without gradients did not take the fused kernel"
+    expected = torch.zeros(mask.shape, dtype=torch.float64)
+    for b, t in mask.nonzero().tolist():
+        expected[b, t] = scorer_reference(linears(scorer), query[b], keys[b, t])
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
+
+
+def test_fused_scores_take_one_history_against_many_targets_and_agree_in_float32(fused_calls):
+    torch.manual_seed(0)
+    attention = DIENAttention(6, 4, (80, 40))
+    query, keys, mask = inputs([30] * 200, 4, seed=7)
+    query, keys = torch.randn(200, 6), keys.float()
+    with torch.no_grad():
+        fast = attention(query, keys, mask)
+        one_history = attention(query, keys[:1], mask[:1])
+    assert len(fused_calls) == 2
+    want = attention(query, keys, mask).detach()  # with gradients: the layer's own operations
+    torch.testing.assert_close(fast, want, rtol=1e-5, atol=1e-6)
+    want_one = attention(query, keys[:1].expand(200, -1, -1), mask[:1].expand(200, -1))
+    torch.testing.assert_close(one_history, want_one.detach(), rtol=1e-5, atol=1e-6)

@@ -99,62 +99,60 @@ def test_cell_matches_reference_values_and_gradients(cell, form, lengths, T, use
 
 
 def gate_inputs(seed, B=3, T=5, gates=3):
+    """inputs, weights (weight_ih, weight_hh, bias_ih, bias_hh), h0 and a mask of lengths
+    5, 2, 0."""
     g = torch.Generator().manual_seed(seed)
-    x_proj = torch.randn(B, T, gates * H, generator=g, dtype=torch.float64)
-    w_hh = torch.randn(gates * H, H, generator=g, dtype=torch.float64)
-    b_hh = torch.randn(gates * H, generator=g, dtype=torch.float64)
-    h0 = torch.randn(B, H, generator=g, dtype=torch.float64)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    inputs = rand(B, T, IN)
+    weights = (rand(gates * H, IN), rand(gates * H, H), rand(gates * H), rand(gates * H))
+    h0 = rand(B, H)
     mask = torch.arange(T)[None, :] < torch.tensor([5, 2, 0])[:, None]
-    return x_proj, w_hh, b_hh, h0, mask
+    return inputs, weights, h0, mask
 
 
 def test_paper_augru_with_attention_one_is_gru():
-    x_proj, w_hh, b_hh, h0, mask = gate_inputs(0)
+    inputs, weights, h0, mask = gate_inputs(0)
     ones = torch.ones(mask.shape, dtype=torch.float64)
-    got = run_recurrence("augru_paper", x_proj, ones, mask, w_hh, b_hh, h0)
-    want = run_recurrence("gru", x_proj, None, mask, w_hh, b_hh, h0)
+    got = run_recurrence("augru_paper", inputs, ones, mask, weights, h0)
+    want = run_recurrence("gru", inputs, None, mask, weights, h0)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
 
 
 def test_paper_augru_with_attention_zero_keeps_the_state():
-    x_proj, w_hh, b_hh, h0, mask = gate_inputs(1)
+    inputs, weights, h0, mask = gate_inputs(1)
     zeros = torch.zeros(mask.shape, dtype=torch.float64)
-    outputs, final = run_recurrence("augru_paper", x_proj, zeros, mask, w_hh, b_hh, h0)
+    outputs, final = run_recurrence("augru_paper", inputs, zeros, mask, weights, h0)
     torch.testing.assert_close(final, h0, rtol=0, atol=0)
     expected = h0[:, None, :] * mask[..., None]  # the initial state at every valid step
     torch.testing.assert_close(outputs, expected, rtol=0, atol=0)
 
 
 def test_authors_augru_with_attention_zero_is_gru():
-    x_proj, w_hh, b_hh, h0, mask = gate_inputs(2)
+    inputs, weights, h0, mask = gate_inputs(2)
     zeros = torch.zeros(mask.shape, dtype=torch.float64)
-    got = run_recurrence("augru_authors", x_proj, zeros, mask, w_hh, b_hh, h0)
-    want = run_recurrence("gru", x_proj, None, mask, w_hh, b_hh, h0)
+    got = run_recurrence("augru_authors", inputs, zeros, mask, weights, h0)
+    want = run_recurrence("gru", inputs, None, mask, weights, h0)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
 
 
 def test_authors_augru_with_attention_one_replaces_the_state_by_the_candidate():
     # c_t = u + a(1 - u) = 1 at a = 1: the update gate drops out, as in AGRU with a = 1.
-    x_proj, w_hh, b_hh, h0, mask = gate_inputs(3)
+    inputs, weights, h0, mask = gate_inputs(3)
     ones = torch.ones(mask.shape, dtype=torch.float64)
-    got = run_recurrence("augru_authors", x_proj, ones, mask, w_hh, b_hh, h0)
+    got = run_recurrence("augru_authors", inputs, ones, mask, weights, h0)
     no_update_gate = torch.cat([torch.arange(H), torch.arange(2 * H, 3 * H)])
-    want = run_recurrence(
-        "agru",
-        x_proj[..., no_update_gate],
-        ones,
-        mask,
-        w_hh[no_update_gate],
-        b_hh[no_update_gate],
-        h0,
-    )
+    agru_weights = tuple(w[no_update_gate] for w in weights)
+    want = run_recurrence("agru", inputs, ones, mask, agru_weights, h0)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
 
 
 def test_agru_with_attention_zero_keeps_the_state():
-    x_proj, w_hh, b_hh, h0, mask = gate_inputs(4, gates=2)
+    inputs, weights, h0, mask = gate_inputs(4, gates=2)
     zeros = torch.zeros(mask.shape, dtype=torch.float64)
-    _, final = run_recurrence("agru", x_proj, zeros, mask, w_hh, b_hh, h0)
+    _, final = run_recurrence("agru", inputs, zeros, mask, weights, h0)
     torch.testing.assert_close(final, h0, rtol=0, atol=0)
 
 

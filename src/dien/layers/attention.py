@@ -17,7 +17,10 @@ code of both papers) on ``[q, k, q - k, q * k]``:
 Query and keys broadcast over the batch dimension, so one history ``(1, T, E)`` can be scored
 against many targets ``(N, E)``.
 
-Two ways of computing the same scores, chosen by :func:`packing_index`:
+Where no gradient is wanted (scoring, evaluation, serving) on the CPU, the scores come from one
+call of the fused kernel (:func:`dien.layers.fused.fused_attention_scores`), which runs the
+packed form below in cache-sized blocks. Otherwise two ways of computing the same scores,
+chosen by :func:`packing_index`:
 
 - packed (CPU): the valid steps are gathered into ``(M, E)`` rows (``M`` = number of valid
   steps), scored, and scattered back, so padding costs nothing; a batch scored in its split's
@@ -41,7 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dien.layers.fused import fused_attention_scores, fused_inference_supported
 from dien.layers.mlp import MLP
+
+
+def capturing_graph() -> bool:
+    """True while tracing or exporting a graph, which must record plain tensor operations."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def packing_index(mask: Tensor) -> Tensor | None:
@@ -51,7 +60,7 @@ def packing_index(mask: Tensor) -> Tensor | None:
     valid steps would have to be read back, a host sync per call) and while tracing or
     exporting a graph (the count would be fixed into it).
     """
-    if mask.device.type != "cpu" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if mask.device.type != "cpu" or capturing_graph():
         return None
     return mask.reshape(-1).nonzero()[:, 0]  # (M,)
 
@@ -83,6 +92,12 @@ class AttentionScorer(nn.Module):
         per_row = F.linear(query, w_q + w_d, first.bias).expand(B, -1)  # (B, W)
         per_step_weight = torch.cat([w_k - w_d, w_p], dim=1)  # (W, 2E)
         query = query.expand(B, E)  # (B, E)
+
+        later = [(m.weight, m.bias) for m in rest if isinstance(m, nn.Linear)]
+        if not capturing_graph() and fused_inference_supported(
+            keys, per_row, per_step_weight, *(t for layer in later for t in layer)
+        ):
+            return fused_attention_scores(per_row, query, keys, mask, per_step_weight, later)
 
         index = packing_index(mask)
         if index is None:

@@ -71,16 +71,18 @@ def recurrence_kind(cell: CellKind, augru_form: AugruForm = "paper") -> Recurren
     return "augru_paper" if augru_form == "paper" else "augru_authors"
 
 
+Weights = tuple[Tensor, Tensor, Tensor, Tensor]  # weight_ih, weight_hh, bias_ih, bias_hh
+
+
 def run_recurrence(
     kind: RecurrenceKind,
-    x_proj: Tensor,
+    inputs: Tensor,
     attention: Tensor | None,
     mask: Tensor,
-    weight_hh: Tensor,
-    bias_hh: Tensor,
+    weights: Weights,
     h0: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Run one recurrent layer given the input projections of all steps.
+    """Run one recurrent layer over a padded batch.
 
     On CPU in float32 or float64 this runs the fused C++ recurrence of
     :mod:`dien.layers.fused` (the same result, several times faster); elsewhere, or when the
@@ -89,38 +91,41 @@ def run_recurrence(
     """
     if kind not in RECURRENCE_KINDS:
         raise ValueError(f"unknown recurrence kind {kind!r}")
-    if fused_supported(x_proj):
-        return fused_recurrence(kind, x_proj, attention, mask, weight_hh, bias_hh, h0)
-    return run_recurrence_loop(kind, x_proj, attention, mask, weight_hh, bias_hh, h0)
+    if fused_supported(inputs):
+        return fused_recurrence(kind, inputs, attention, mask, weights, h0)
+    return run_recurrence_loop(kind, inputs, attention, mask, weights, h0)
 
 
 def run_recurrence_loop(
     kind: RecurrenceKind,
-    x_proj: Tensor,
+    inputs: Tensor,
     attention: Tensor | None,
     mask: Tensor,
-    weight_hh: Tensor,
-    bias_hh: Tensor,
+    weights: Weights,
     h0: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Run one recurrent layer given the input projections of all steps, a step at a time.
+    """Run one recurrent layer: the input projections of all steps in one matrix product,
+    then a Python loop over steps for the hidden projection and the gates.
 
     Args:
         kind: the step rule (see :func:`recurrence_kind`).
-        x_proj: ``(B, T, G*H)`` input projections ``W i_t + b_i`` of every step, gate blocks
-            ordered ``[reset, keep, candidate]`` (``[reset, candidate]`` for ``agru``).
+        inputs: ``(B, T, I)`` the step inputs ``i_t``.
         attention: ``(B, T)`` scores for ``agru`` and ``augru_*``; ignored for ``gru``.
         mask: ``(B, T)`` bool, True at valid steps.
-        weight_hh: ``(G*H, H)`` hidden-to-hidden weights; bias_hh: ``(G*H,)``.
+        weights: ``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih (G*H,)``,
+            ``bias_hh (G*H,)``, gate blocks ordered ``[reset, keep, candidate]``
+            (``[reset, candidate]`` for ``agru``).
         h0: ``(B, H)`` initial state, zeros when None.
 
     Returns:
         All hidden states ``(B, T, H)`` (zeros at padded steps) and the final state ``(B, H)``.
     """
-    B, T, GH = x_proj.shape
+    weight_ih, weight_hh, bias_ih, bias_hh = weights
+    B, T, _ = inputs.shape
     H = weight_hh.shape[1]
     if kind != "gru" and attention is None:
         raise ValueError(f"the {kind} cell needs attention scores")
+    x_proj = F.linear(inputs, weight_ih, bias_ih)  # (B, T, G*H)
     h = x_proj.new_zeros(B, H) if h0 is None else h0  # (B, H)
     # unbind once: indexing step t of a (B, T, .) tensor in the loop would make its backward
     # write a full-size zero gradient per step (quadratic in T)
@@ -175,13 +180,11 @@ def final_from_outputs(outputs: Tensor, mask: Tensor) -> Tensor:
 class RecurrentLayer(nn.Module):
     """One GRU-family layer over a padded batch: see the module docstring for the cells.
 
-    The input projections of all steps are one matrix product before the loop over steps;
-    the loop (:func:`run_recurrence`) does only the hidden-state projection and the gates.
-    Where the fused CPU recurrence applies (see :func:`run_recurrence`), every cell runs it,
-    being faster than ``torch.nn.GRU`` on CPU. Elsewhere (GPU), plain GRU and AIGRU run
-    through ``torch.nn.GRU`` (cuDNN) when ``use_torch_gru``; padded steps then run too but are
-    masked out of the outputs and the final state, which is gathered at each row's last valid
-    step.
+    The layer runs :func:`run_recurrence`: where the fused CPU recurrence applies, every cell
+    runs it, being faster than ``torch.nn.GRU`` on CPU. Elsewhere (GPU), plain GRU and AIGRU
+    run through ``torch.nn.GRU`` (cuDNN) when ``use_torch_gru``; padded steps then run too but
+    are masked out of the outputs and the final state, which is gathered at each row's last
+    valid step.
 
     Parameters are initialised as ``torch.nn.GRU`` does: uniform in +-1/sqrt(H).
     """
@@ -235,6 +238,4 @@ class RecurrentLayer(nn.Module):
             outputs, _ = self.gru(inputs)  # (B, T, H)
             outputs = outputs * mask[..., None].to(outputs.dtype)  # (B, T, H)
             return outputs, final_from_outputs(outputs, mask)
-        weight_ih, weight_hh, bias_ih, bias_hh = self.weights()
-        x_proj = F.linear(inputs, weight_ih, bias_ih)  # (B, T, G*H)
-        return run_recurrence(self.kind, x_proj, attention, mask, weight_hh, bias_hh)
+        return run_recurrence(self.kind, inputs, attention, mask, self.weights())

@@ -1,25 +1,37 @@
-"""A fused GRU-family recurrence: the whole loop over steps, forward and backward, in C++.
+"""Fused CPU kernels: the GRU-family recurrence (forward and backward) and, for inference,
+the attention scorer's MLP, each one C++ call instead of many separately dispatched tensor
+operations.
 
 Dimension letters: B batch, T history steps, H hidden width, G gates (3, or 2 for AGRU).
 
 :func:`fused_recurrence` computes exactly what :func:`dien.layers.recurrent.run_recurrence_loop`
-computes, with the same arguments, but per step it makes one matrix product and one C++ loop
-over the gates instead of about a dozen separately dispatched tensor operations, and its
-backward is written out by hand (a reverse loop with one matrix product per step, then one
-matrix product over all steps for the weight gradient). Rows are visited longest first, so a
-step only works on the rows whose history is still running: padding costs nothing.
+computes, with the same arguments, but per step it makes two matrix products (the step's input
+and hidden projections) and one C++ loop over the gates instead of about a dozen separately
+dispatched tensor operations, and its backward is written out by hand (a reverse loop with one
+matrix product per step, then one matrix product over all steps for each gradient of the
+inputs and weights). Rows are visited longest first, so a step only works on the rows whose
+history is still running: padding costs nothing. The rows are shared among torch's intra-op
+threads (``torch.get_num_threads()``, at least 16 rows per thread), each running the whole loop
+for its own rows, so the recurrence uses every thread the rest of the model does.
 
-The extension (``recurrence.cpp`` beside this file) is compiled with the system's C++ compiler
-the first time it is needed in a process and cached by PyTorch in its extensions folder
-(``TORCH_EXTENSIONS_DIR``, by default under ``~/.cache/torch_extensions``); later processes
-load the cached build. Compiling needs a C++ compiler, ``ninja`` and ``setuptools``.
+:func:`fused_attention_scores` computes what
+:class:`dien.layers.attention.AttentionScorer` computes, where no gradient is wanted (scoring,
+evaluation, serving): blocks of valid steps go through the whole MLP while they are in the
+cache. Training takes the layer's own operations, whose gradients autograd derives.
+
+The extension (``bindings.cpp``, ``recurrence.cpp`` and ``attention.cpp`` beside this file) is
+compiled with the system's C++ compiler the first time it is needed in a process and cached by
+PyTorch in its extensions folder (``TORCH_EXTENSIONS_DIR``, by default under
+``~/.cache/torch_extensions``); later processes load the cached build. Compiling needs a C++
+compiler, ``ninja`` and ``setuptools``.
 
 What it covers, and what happens otherwise:
 
 - CPU tensors of float32 or float64. Other devices (CUDA) and dtypes run the Python loop,
   which dispatches the same operations to the device.
 - If the extension cannot be built or loaded, a single warning is logged and every call runs
-  the Python loop. ``DIEN_DISABLE_FUSED=1`` in the environment forces the Python loop.
+  the Python loop and the attention layer's own operations. ``DIEN_DISABLE_FUSED=1`` in the
+  environment forces both.
 - float32 gates use the kernel's own exponential (relative error below 2e-7), so float32
   results differ from the Python loop by rounding only; float64 results agree to about 1e-15.
 - First-order gradients only: differentiating the backward again raises an error.
@@ -41,7 +53,7 @@ from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("recurrence.cpp")
+SOURCES = [Path(__file__).with_name(f) for f in ("bindings.cpp", "recurrence.cpp", "attention.cpp")]
 KIND_CODES = {"gru": 0, "agru": 1, "augru_paper": 2, "augru_authors": 3}
 DISABLE_VARIABLE = "DIEN_DISABLE_FUSED"
 
@@ -61,7 +73,20 @@ def _compiler_flags() -> list[str]:
         capability = torch.backends.cpu.get_cpu_capability()
         if capability in ("AVX2", "AVX512"):
             flags += ["-mavx2", "-mfma"]
-    return flags
+    return flags + _openmp_flags()
+
+
+def _openmp_flags() -> list[str]:
+    """``-fopenmp`` where torch's threads are OpenMP's (its Linux builds).
+
+    ``at::parallel_for`` is compiled into the extension: without the flag it runs every share
+    of rows on the calling thread. The extension then uses the OpenMP runtime torch has already
+    loaded (same library name), so the two share one thread pool. Elsewhere the shares run one
+    after another: correct, on one thread.
+    """
+    if platform.system() == "Linux" and "OpenMP" in torch.__config__.parallel_info():
+        return ["-fopenmp"]
+    return []
 
 
 @contextlib.contextmanager
@@ -97,44 +122,79 @@ def load_extension() -> ModuleType | None:
         if _extension is not None or _failed:
             return _extension
         flags = _compiler_flags()
-        name = "dien_fused_recurrence" + ("_avx2" if "-mavx2" in flags else "")
+        name = "dien_fused" + ("_avx2" if "-mavx2" in flags else "")
         try:
             from torch.utils import cpp_extension
 
             with _our_ninja_first():
                 _extension = cpp_extension.load(
-                    name=name, sources=[str(SOURCE)], extra_cflags=flags, verbose=False
+                    name=name,
+                    sources=[str(source) for source in SOURCES],
+                    extra_cflags=flags,
+                    extra_ldflags=_openmp_flags(),
+                    verbose=False,
                 )
         except Exception as error:  # a missing compiler, ninja or header: anything goes
             _failed = True
             logger.warning(
-                "the fused recurrence could not be compiled (%s: %s); the GRU family runs "
-                "the slower Python loop over steps instead",
+                "the fused kernels could not be compiled (%s: %s); the GRU family runs "
+                "the slower Python loop over steps and attention runs as separate operations",
                 type(error).__name__,
                 str(error).strip().splitlines()[-1] if str(error).strip() else "",
             )
     return _extension
 
 
-def fused_supported(x_proj: Tensor) -> bool:
+def fused_supported(inputs: Tensor) -> bool:
     """Whether :func:`fused_recurrence` can take these inputs (builds the extension if so)."""
     if fused_disabled():
         return False
-    if x_proj.device.type != "cpu" or x_proj.dtype not in (torch.float32, torch.float64):
+    if inputs.device.type != "cpu" or inputs.dtype not in (torch.float32, torch.float64):
         return False
     return load_extension() is not None
 
 
+def fused_inference_supported(*tensors: Tensor) -> bool:
+    """Whether the inference-only kernels can take these tensors: no gradient is wanted of
+    any of them, and the first is one :func:`fused_supported` takes."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return fused_supported(tensors[0])
+
+
+def fused_attention_scores(
+    per_row: Tensor,
+    query: Tensor,
+    keys: Tensor,
+    mask: Tensor,
+    step_weight: Tensor,
+    layers: list[tuple[Tensor, Tensor]],
+) -> Tensor:
+    """The attention scorer's MLP on every valid step, in one pass: scores ``(B, T)``, 0 at
+    padding. Inference only: call when :func:`fused_inference_supported` is true.
+
+    ``per_row (B, W1)``: the first layer's query part and bias; ``query (B, E)``;
+    ``keys (B, T, E)``; ``mask (B, T)``; ``step_weight (W1, 2E)``: the first layer's weight on
+    ``[k, q * k]``; ``layers``: the later layers' ``(weight, bias)``, each but the last followed
+    by a sigmoid (as the first is), the last of width 1. Rows may be expanded from one.
+    """
+    ext = load_extension()
+    assert ext is not None
+    weights = [w.contiguous() for w, _ in layers]
+    biases = [b.contiguous() for _, b in layers]
+    return ext.attention_scores(per_row, query, keys, mask, step_weight, weights, biases)
+
+
 class _FusedRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kind_code, x_proj, attention, mask, weight_hh, bias_hh, h0):  # type: ignore
+    def forward(ctx, kind_code, inputs, w_ih, b_ih, attention, mask, w_hh, b_hh, h0):  # type: ignore
         ext = load_extension()
         assert ext is not None
-        outputs, final, gates, hidden_n, previous, perm, counts = ext.forward(
-            kind_code, x_proj, attention, mask, weight_hh, bias_hh, h0, True
+        outputs, final, gates, hidden_n, previous = ext.forward(
+            kind_code, inputs, w_ih, b_ih, attention, mask, w_hh, b_hh, h0, True
         )
         ctx.kind_code = kind_code
-        ctx.save_for_backward(attention, mask, weight_hh, gates, hidden_n, previous, perm, counts)
+        ctx.save_for_backward(inputs, w_ih, attention, mask, w_hh, gates, hidden_n, previous)
         ctx.set_materialize_grads(False)
         return outputs, final
 
@@ -143,50 +203,52 @@ class _FusedRecurrence(torch.autograd.Function):
     def backward(ctx, grad_outputs, grad_final):  # type: ignore
         ext = load_extension()
         assert ext is not None
-        attention, mask, weight_hh, gates, hidden_n, previous, perm, counts = ctx.saved_tensors
+        inputs, w_ih, attention, mask, w_hh, gates, hidden_n, previous = ctx.saved_tensors
         empty = gates.new_empty(0)
-        d_x, d_attention, d_weight, d_bias, d_h0 = ext.backward(
+        d_inputs, d_w_ih, d_b_ih, d_attention, d_w_hh, d_b_hh, d_h0 = ext.backward(
             ctx.kind_code,
             empty if grad_outputs is None else grad_outputs,
             empty if grad_final is None else grad_final,
+            inputs,
+            w_ih,
             attention,
             mask,
-            weight_hh,
+            w_hh,
             gates,
             hidden_n,
             previous,
-            perm,
-            counts,
         )
-        has_attention = ctx.kind_code != KIND_CODES["gru"]
-        return None, d_x, d_attention if has_attention else None, None, d_weight, d_bias, d_h0
+        d_attention = d_attention if ctx.kind_code != KIND_CODES["gru"] else None
+        return None, d_inputs, d_w_ih, d_b_ih, d_attention, None, d_w_hh, d_b_hh, d_h0
 
 
 def fused_recurrence(
     kind: str,
-    x_proj: Tensor,
+    inputs: Tensor,
     attention: Tensor | None,
     mask: Tensor,
-    weight_hh: Tensor,
-    bias_hh: Tensor,
+    weights: tuple[Tensor, Tensor, Tensor, Tensor],
     h0: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The arguments and results of :func:`dien.layers.recurrent.run_recurrence`.
 
-    Call only when :func:`fused_supported` is true for ``x_proj``. Without gradients to track
+    Call only when :func:`fused_supported` is true for ``inputs``. Without gradients to track
     (inference, ``torch.no_grad``) nothing is stored for backward.
     """
-    B, T, _ = x_proj.shape
+    B, T, _ = inputs.shape
+    weight_ih, weight_hh, bias_ih, bias_hh = weights
     H = weight_hh.shape[1]
     code = KIND_CODES[kind]
     if code != KIND_CODES["gru"] and attention is None:
         raise ValueError(f"the {kind} cell needs attention scores")
-    h = x_proj.new_zeros(B, H) if h0 is None else h0  # (B, H)
+    h = inputs.new_zeros(B, H) if h0 is None else h0  # (B, H)
     if T == 0:
-        return x_proj.new_zeros(B, 0, H), h  # (B, 0, H), (B, H)
-    a = x_proj.new_empty(0) if code == KIND_CODES["gru"] else attention.contiguous()  # (B, T)
+        return inputs.new_zeros(B, 0, H), h  # (B, 0, H), (B, H)
+    a = inputs.new_empty(0) if code == KIND_CODES["gru"] else attention.contiguous()  # (B, T)
     args = (
-        x_proj.contiguous(),  # (B, T, G*H)
+        inputs.contiguous(),  # (B, T, I)
+        weight_ih.contiguous(),  # (G*H, I)
+        bias_ih.contiguous(),  # (G*H,)
         a,
         mask.contiguous(),  # (B, T)
         weight_hh.contiguous(),  # (G*H, H)

@@ -1,0 +1,12 @@
+// The Python module of the fused kernels.
+
+#include <torch/extension.h>
+
+#include "kernels.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &dien_fused::recurrence_forward, "fused GRU-family recurrence, forward");
+  m.def("backward", &dien_fused::recurrence_backward, "fused GRU-family recurrence, backward");
+  m.def("attention_scores", &dien_fused::attention_scores,
+        "attention scorer MLP over the valid steps, inference only");
+}

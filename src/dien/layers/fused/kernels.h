@@ -1,0 +1,35 @@
+// The fused kernels' entry points, bound to Python in bindings.cpp.
+
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <vector>
+
+namespace dien_fused {
+
+// recurrence.cpp: the GRU family's loop over steps, forward and backward.
+std::vector<at::Tensor> recurrence_forward(int64_t kind, const at::Tensor& inputs,
+                                           const at::Tensor& weight_ih, const at::Tensor& bias_ih,
+                                           const at::Tensor& attention, const at::Tensor& mask,
+                                           const at::Tensor& weight_hh,
+                                           const at::Tensor& bias_hh, const at::Tensor& h0,
+                                           bool save);
+
+std::vector<at::Tensor> recurrence_backward(int64_t kind, const at::Tensor& grad_outputs,
+                                            const at::Tensor& grad_final,
+                                            const at::Tensor& inputs,
+                                            const at::Tensor& weight_ih,
+                                            const at::Tensor& attention, const at::Tensor& mask,
+                                            const at::Tensor& weight_hh, const at::Tensor& gates,
+                                            const at::Tensor& hidden_n,
+                                            const at::Tensor& previous);
+
+// attention.cpp: the attention scorer's MLP over the valid steps, without gradients.
+at::Tensor attention_scores(const at::Tensor& per_row, const at::Tensor& query,
+                            const at::Tensor& keys, const at::Tensor& mask,
+                            const at::Tensor& step_weight, const std::vector<at::Tensor>& weights,
+                            const std::vector<at::Tensor>& biases);
+
+}  // namespace dien_fused
