@@ -102,13 +102,13 @@ def _train_and_score_ours(
     import torch
     import torch.nn.functional as F
 
-    from dien.config import ModelConfig
+    from dien.config import ModelConfig, TrainConfig
     from dien.data.batch import VocabSizes
     from dien.data.loader import BatchLoader
     from dien.data.sampling import NegativeSampler
     from dien.layers.fused import load_extension
     from dien.models import build_model
-    from dien.train.loop import predict_logits
+    from dien.train.loop import build_optimizers, predict_logits
 
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
@@ -122,8 +122,7 @@ def _train_and_score_ours(
         sparse_embeddings=True,
     )
     model = build_model(config, VocabSizes(**data.vocab_sizes))
-    sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=settings.learning_rate)
-    dense = torch.optim.Adam(model.dense_parameters(), lr=settings.learning_rate)
+    optimizers = build_optimizers(model, TrainConfig(learning_rate=settings.learning_rate))
     sampler = None
     if model.aux_loss_alpha > 0:
         sampler = NegativeSampler(data.item_frequency, data.item_category, "frequency")
@@ -152,11 +151,11 @@ def _train_and_score_ours(
             loss = F.binary_cross_entropy_with_logits(out.logit, batch.label)
             if out.aux_loss is not None:
                 loss = loss + model.aux_loss_alpha * out.aux_loss
-            sparse.zero_grad(set_to_none=True)
-            dense.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            sparse.step()
-            dense.step()
+            for optimizer in optimizers:
+                optimizer.step()
     with timer("score"):
         logits = predict_logits(model, test, torch.device("cpu"))  # (N,) in the split's order
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))

@@ -149,5 +149,6 @@ def test_training_uses_sparse_gradients_for_embeddings(tiny):
     model = build_model(config.model, tiny.vocab_sizes)
     optimizers = build_optimizers(model, config.train)
     assert [type(o).__name__ for o in optimizers] == ["Adam", "SparseAdam"]
+    assert optimizers[0].defaults["fused"]  # one kernel for all dense parameters on the CPU
     assert all(p.dim() == 2 for p in model.sparse_parameters())
     assert torch.is_tensor(model.sparse_parameters()[0])

@@ -124,9 +124,15 @@ def build_optimizers(model: CTRModel, config: TrainConfig) -> list[torch.optim.O
     Lazy Adam differs from dense Adam: a row's moment estimates decay only on steps where the
     row appears in the batch, and rows absent from a batch are not moved at all, whereas dense
     Adam keeps moving every row with its decaying momentum.
+
+    Dense Adam is torch's fused implementation (one kernel for all parameters) on the CPU and
+    CUDA, where it exists; on the CPU torch's default is a Python loop over the parameters,
+    which took about a twentieth of a DIEN training step.
     """
+    parameters = model.dense_parameters()
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters)
     dense = torch.optim.Adam(
-        model.dense_parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        parameters, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused
     )
     sparse = model.sparse_parameters()
     if not sparse:
