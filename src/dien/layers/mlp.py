@@ -37,21 +37,20 @@ class Dice(nn.Module):
         if x.dim() != 2:
             raise ValueError(f"Dice expects (B, W) inputs, got shape {tuple(x.shape)}")
         if self.training:
-            mean = x.mean(dim=0)  # (W,)
-            var = x.var(dim=0, unbiased=False)  # (W,)
-            self._update_running(x, mean)
+            var, mean = torch.var_mean(x, dim=0, unbiased=False)  # (W,), (W,)
+            self._update_running(var, mean, x.shape[0])
         else:
             mean, var = self.running_mean, self.running_var  # (W,)
         p = torch.sigmoid((x - mean) * torch.rsqrt(var + self.eps))  # (B, W)
         return p * x + (1 - p) * self.alpha * x  # (B, W)
 
     @torch.no_grad()
-    def _update_running(self, x: Tensor, mean: Tensor) -> None:
-        if x.shape[0] < 2:
+    def _update_running(self, var: Tensor, mean: Tensor, n: int) -> None:
+        """Move the running estimate toward a batch of ``n`` rows' mean and biased variance."""
+        if n < 2:
             return
-        unbiased_var = x.var(dim=0, unbiased=True)  # (W,)
         self.running_mean.lerp_(mean, self.momentum)
-        self.running_var.lerp_(unbiased_var, self.momentum)
+        self.running_var.lerp_(var * (n / (n - 1)), self.momentum)  # unbiased
 
 
 def make_activation(kind: Activation, width: int) -> nn.Module:
