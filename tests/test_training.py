@@ -148,7 +148,8 @@ def test_training_uses_sparse_gradients_for_embeddings(tiny):
     config = small_config(tiny, "dien")
     model = build_model(config.model, tiny.vocab_sizes)
     optimizers = build_optimizers(model, config.train)
-    assert [type(o).__name__ for o in optimizers] == ["Adam", "SparseAdam"]
+    assert [type(o).__name__ for o in optimizers] == ["Adam", "FusedSparseAdam"]
+    assert isinstance(optimizers[1], torch.optim.SparseAdam)
     assert optimizers[0].defaults["fused"]  # one kernel for all dense parameters on the CPU
     assert all(p.dim() == 2 for p in model.sparse_parameters())
     assert torch.is_tensor(model.sparse_parameters()[0])

@@ -78,6 +78,7 @@ from dien.train.metrics import Metrics, compute_metrics
 from dien.train.plots import plot_learning_curves
 from dien.train.report import write_report
 from dien.train.run import RunFolder
+from dien.train.sparse_adam import FusedSparseAdam
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_optimizers(model: CTRModel, config: TrainConfig) -> list[torch.optim.Optimizer]:
-    """Adam for the dense parameters; SparseAdam (lazy, row-wise) for sparse embedding tables.
+    """Adam for the dense parameters; SparseAdam (lazy, row-wise) for sparse embedding tables,
+    with its step fused on the CPU (:class:`~dien.train.sparse_adam.FusedSparseAdam`).
 
     Lazy Adam differs from dense Adam: a row's moment estimates decay only on steps where the
     row appears in the batch, and rows absent from a batch are not moved at all, whereas dense
@@ -137,7 +139,7 @@ def build_optimizers(model: CTRModel, config: TrainConfig) -> list[torch.optim.O
     sparse = model.sparse_parameters()
     if not sparse:
         return [dense]
-    return [dense, torch.optim.SparseAdam(sparse, lr=config.learning_rate)]
+    return [dense, FusedSparseAdam(sparse, lr=config.learning_rate)]
 
 
 def eval_loader(split: SplitArrays, data: DataConfig) -> BatchLoader:

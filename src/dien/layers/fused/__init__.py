@@ -53,7 +53,10 @@ from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(f) for f in ("bindings.cpp", "recurrence.cpp", "attention.cpp")]
+SOURCES = [
+    Path(__file__).with_name(name)
+    for name in ("bindings.cpp", "recurrence.cpp", "attention.cpp", "sparse_adam.cpp")
+]
 KIND_CODES = {"gru": 0, "agru": 1, "augru_paper": 2, "augru_authors": 3}
 DISABLE_VARIABLE = "DIEN_DISABLE_FUSED"
 

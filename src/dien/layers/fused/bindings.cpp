@@ -9,4 +9,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &dien_fused::recurrence_backward, "fused GRU-family recurrence, backward");
   m.def("attention_scores", &dien_fused::attention_scores,
         "attention scorer MLP over the valid steps, inference only");
+  m.def("sparse_adam_step", &dien_fused::sparse_adam_step,
+        "torch.optim.SparseAdam's update of the rows a gradient names, in one pass");
 }

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include <cmath>
+
 #include <vector>
 
 namespace dien_fused {
@@ -31,5 +33,10 @@ at::Tensor attention_scores(const at::Tensor& per_row, const at::Tensor& query,
                             const at::Tensor& keys, const at::Tensor& mask,
                             const at::Tensor& step_weight, const std::vector<at::Tensor>& weights,
                             const std::vector<at::Tensor>& biases);
+
+// sparse_adam.cpp: torch.optim.SparseAdam's update of the rows a gradient names.
+void sparse_adam_step(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
+                      const at::Tensor& rows, const at::Tensor& values, double step_size,
+                      double beta1, double beta2, double eps);
 
 }  // namespace dien_fused
