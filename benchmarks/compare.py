@@ -4,9 +4,10 @@ Every library trains one epoch on the same generated Books-shaped data (``synthe
 the paper's sizes (embedding 18, GRU 36 where the library lets it be set, MLP 200-80, batch
 128, Adam at 0.001, auxiliary loss on for DIEN where the library has it), then scores a held-out
 split. Timing wraps only the library's training call and its scoring call (data conversion
-excluded), with ``torch.set_num_threads(2)``. The other libraries are installed into their own
-virtual environment (``--venv``) and each runs there in a subprocess through its own training
-API (``benchmarks/others``); a crash becomes a table cell, not a failed run.
+excluded), with ``torch.set_num_threads(2)``; ours runs three times (``--repeats``) and shows
+the median, each of theirs once (their epochs are long). The other libraries are installed into
+their own virtual environment (``--venv``) and each runs there in a subprocess through its own
+training API (``benchmarks/others``); a crash becomes a table cell, not a failed run.
 
     python -m benchmarks.compare                       # everything, 40,000 training samples
     python -m benchmarks.compare --samples 8000 --libs ours,deepctr_torch --models dien
@@ -86,13 +87,26 @@ def _unpack_fuxictr_zoo(python: Path, venv: Path) -> None:
         archive.extractall(target, filter="data")
 
 
-def run_ours(model_name: str, data: SyntheticData, settings: Settings | None = None) -> dict:
-    """Train one epoch and score the test split with this project's public API."""
+def run_ours(
+    model_name: str, data: SyntheticData, settings: Settings | None = None, repeats: int = 3
+) -> dict:
+    """Train one epoch and score the test split with this project's public API, ``repeats``
+    times from the same seed; the record of the run with the median training time.
+
+    Our epoch lasts seconds where the others' last minutes, so one burst of other work on a
+    shared machine can halve a single run of ours while it averages out over theirs.
+    """
     settings = settings or Settings()
-    return measure(_train_and_score_ours, data, model_name, settings) | {
+    records = [measure(_train_and_score_ours, data, model_name, settings) for _ in range(repeats)]
+    if all("error" not in r for r in records):
+        records.sort(key=lambda r: r["train_per_s"])
+        scoring = sorted(r["score_per_s"] for r in records)
+        records = [records[len(records) // 2] | {"score_per_s": scoring[len(scoring) // 2]}]
+    return records[0] | {
         "library": OUR_LIBRARY,
         "model": model_name,
         "aux_loss": model_name == "dien",  # the dien model's default auxiliary-loss weight is 1
+        "repeats": repeats,
     }
 
 
@@ -254,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--score-batch-size", type=int, default=1024)
     parser.add_argument("--timeout", type=float, default=3600, help="Seconds per library run.")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="Runs of ours; the median's figures are shown."
+    )
     args = parser.parse_args(argv)
     libs, models = args.libs.split(","), args.models.split(",")
     unknown = sorted(set(libs) - set(LIBS)) + sorted(set(models) - set(MODELS))
@@ -278,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     for model in models:
         if "ours" in libs:
             print(f"running ours {model}", file=sys.stderr)
-            results.append(run_ours(model, data, settings))
+            results.append(run_ours(model, data, settings, args.repeats))
         for library in [x for x in OTHERS if x in libs]:
             results.append(run_other(python, library, model, data_path, settings, args.timeout))
 
