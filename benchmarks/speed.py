@@ -1,14 +1,16 @@
-"""Training and scoring speed of this project's DIEN and DIN, fused recurrence against the loop.
+"""Training and scoring speed of this project's DIEN and DIN, fused kernels against plain ones.
 
 On Books-shaped generated data (``benchmarks.synthetic``: Books' vocabulary sizes, histories of
 mean length 13.7 capped at 100) at the paper's sizes (embedding 18, GRU 36, MLP 200-80,
-batch 128), this prints samples/s for:
+batch 128), this prints samples/s with the fused C++ kernels of ``dien.layers.fused`` (column
+``fused``) against the same code with ``DIEN_DISABLE_FUSED=1`` (column ``loop``: the Python
+loop over steps, the attention layer's own operations, torch's SparseAdam step) for:
 
 1. the recurrence alone (interest extractor GRU and AUGRU evolution, forward and backward,
-   on the training batches' shapes): the Python loop over steps against the fused C++ one;
+   on the training batches' shapes);
 2. a full training step (forward, click loss plus auxiliary loss for DIEN, backward,
    SparseAdam on the embeddings and Adam on the rest, as ``dien.train.loop``'s
-   ``build_optimizers``): DIEN with the auxiliary loss and DIN, loop against fused;
+   ``build_optimizers``): DIEN with the auxiliary loss and DIN;
 3. scoring the test split in eval mode, batches of 1,024 in the split's order (as
    ``dien evaluate`` reads a split), and the same samples in length-bucketed batches.
 
@@ -81,7 +83,7 @@ def compare(
 
 
 def with_variant(name: str, fn: Callable[[], object]) -> object:
-    """Run ``fn`` with the fused recurrence off (variant ``loop``) or on (``fused``)."""
+    """Run ``fn`` with the fused kernels off (variant ``loop``) or on (``fused``)."""
     before = os.environ.get(fused.DISABLE_VARIABLE)
     os.environ[fused.DISABLE_VARIABLE] = "1" if name == "loop" else "0"
     try:
