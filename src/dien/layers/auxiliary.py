@@ -19,7 +19,9 @@ On the CPU only the valid pairs are gathered and scored (see
 :func:`~dien.layers.attention.packing_index`); elsewhere every pair is scored and padding is
 masked out of the mean. The MLP's first layer reads ``[h, e]`` through one weight
 ``[W_h | W_e]``: ``W_h h`` is computed once per pair and shared by the positive and the ``K``
-negatives, which each add only their ``W_e e``.
+negatives, which each add only their ``W_e e``. On the CPU the MLP runs, forward and backward,
+as one call of :func:`dien.layers.fused.fused_scorer_mlp`, blocks of rows kept in the cache
+through all layers, instead of a dozen operations over whole tensors under autograd.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dien.layers.attention import packing_index
+from dien.layers.fused import fused_scorer_mlp, fused_supported
 from dien.layers.mlp import MLP
 
 
@@ -72,6 +75,12 @@ class AuxiliaryLoss(nn.Module):
         first, rest = self.mlp.net[0], self.mlp.net[1:]
         w_h, w_e = first.weight.split([self.hidden_size, first.in_features - self.hidden_size], 1)
         per_pair = F.linear(h, w_h, first.bias)  # (M, W)
+        later = [(m.weight, m.bias) for m in rest if isinstance(m, nn.Linear)]
+        if later and fused_supported(candidates):  # one C++ call, forward and backward
+            M, C, E = candidates.shape
+            pair_of = torch.arange(M, device=h.device).repeat_interleave(C)  # (M*C,)
+            flat = candidates.reshape(M * C, E)  # (M*C, E)
+            return fused_scorer_mlp(flat, pair_of, per_pair, w_e, later).view(M, C)  # (M, C)
         hidden = per_pair[:, None, :] + F.linear(candidates, w_e)  # (M, C, W)
         return rest(hidden)[..., 0]  # (M, C)
 

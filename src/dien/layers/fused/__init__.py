@@ -55,7 +55,13 @@ logger = logging.getLogger(__name__)
 
 SOURCES = [
     Path(__file__).with_name(name)
-    for name in ("bindings.cpp", "recurrence.cpp", "attention.cpp", "sparse_adam.cpp")
+    for name in (
+        "bindings.cpp",
+        "recurrence.cpp",
+        "attention.cpp",
+        "scorer_mlp.cpp",
+        "sparse_adam.cpp",
+    )
 ]
 KIND_CODES = {"gru": 0, "agru": 1, "augru_paper": 2, "augru_authors": 3}
 DISABLE_VARIABLE = "DIEN_DISABLE_FUSED"
@@ -186,6 +192,64 @@ def fused_attention_scores(
     weights = [w.contiguous() for w, _ in layers]
     biases = [b.contiguous() for _, b in layers]
     return ext.attention_scores(per_row, query, keys, mask, step_weight, weights, biases)
+
+
+class _ScorerMLP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features, row_of, per_row, first_weight, *layers):  # type: ignore
+        ext = load_extension()
+        assert ext is not None
+        weights, biases = list(layers[0::2]), list(layers[1::2])
+        *hidden, logits = ext.scorer_mlp_forward(
+            features, row_of, per_row, first_weight, weights, biases
+        )
+        ctx.per_row_count = per_row.shape[0]
+        ctx.save_for_backward(features, row_of, first_weight, *weights, *hidden)
+        ctx.layer_count = len(weights)
+        return logits
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logits):  # type: ignore
+        ext = load_extension()
+        assert ext is not None
+        features, row_of, first_weight, *rest = ctx.saved_tensors
+        weights, hidden = rest[: ctx.layer_count], rest[ctx.layer_count :]
+        d_features, d_per_row, d_first, *d_layers = ext.scorer_mlp_backward(
+            grad_logits.contiguous(),
+            features,
+            row_of,
+            ctx.per_row_count,
+            first_weight,
+            weights,
+            hidden,
+        )
+        return d_features, None, d_per_row, d_first, *d_layers
+
+
+def fused_scorer_mlp(
+    features: Tensor,
+    row_of: Tensor,
+    per_row: Tensor,
+    first_weight: Tensor,
+    layers: list[tuple[Tensor, Tensor]],
+) -> Tensor:
+    """Logits ``(N,)`` of a sigmoid MLP whose first layer adds a per-row term, with gradients.
+
+    ``features (N, F)``; ``row_of (N,)`` indexes ``per_row (R, W1)``; ``first_weight (W1, F)``;
+    ``layers``: the later layers' ``(weight, bias)``, at least the last, of width 1. Every
+    layer but the last is followed by a sigmoid:
+    ``sigmoid(features first_weight^T + per_row[row_of])`` then the later layers. CPU only:
+    call where :func:`fused_supported` is true for ``features``.
+    """
+    flat = [t.contiguous() for layer in layers for t in layer]
+    return _ScorerMLP.apply(
+        features.contiguous(),
+        row_of.contiguous(),
+        per_row.contiguous(),
+        first_weight.contiguous(),
+        *flat,
+    )
 
 
 class _FusedRecurrence(torch.autograd.Function):

@@ -9,6 +9,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &dien_fused::recurrence_backward, "fused GRU-family recurrence, backward");
   m.def("attention_scores", &dien_fused::attention_scores,
         "attention scorer MLP over the valid steps, inference only");
+  m.def("scorer_mlp_forward", &dien_fused::scorer_mlp_forward,
+        "sigmoid MLP with a per-row first-layer term, forward (activations and logits)");
+  m.def("scorer_mlp_backward", &dien_fused::scorer_mlp_backward,
+        "sigmoid MLP with a per-row first-layer term, backward");
   m.def("sparse_adam_step", &dien_fused::sparse_adam_step,
         "torch.optim.SparseAdam's update of the rows a gradient names, in one pass");
 }

@@ -34,6 +34,20 @@ at::Tensor attention_scores(const at::Tensor& per_row, const at::Tensor& query,
                             const at::Tensor& step_weight, const std::vector<at::Tensor>& weights,
                             const std::vector<at::Tensor>& biases);
 
+// scorer_mlp.cpp: the attention scorer's and auxiliary loss's sigmoid MLP, for training.
+std::vector<at::Tensor> scorer_mlp_forward(const at::Tensor& features, const at::Tensor& row_of,
+                                           const at::Tensor& per_row,
+                                           const at::Tensor& first_weight,
+                                           const std::vector<at::Tensor>& weights,
+                                           const std::vector<at::Tensor>& biases);
+
+std::vector<at::Tensor> scorer_mlp_backward(const at::Tensor& grad_logits,
+                                            const at::Tensor& features, const at::Tensor& row_of,
+                                            int64_t per_row_count,
+                                            const at::Tensor& first_weight,
+                                            const std::vector<at::Tensor>& weights,
+                                            const std::vector<at::Tensor>& activations);
+
 // sparse_adam.cpp: torch.optim.SparseAdam's update of the rows a gradient names.
 void sparse_adam_step(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
                       const at::Tensor& rows, const at::Tensor& values, double step_size,
