@@ -1,6 +1,6 @@
-"""Fused CPU kernels: the GRU-family recurrence (forward and backward) and, for inference,
-the attention scorer's MLP, each one C++ call instead of many separately dispatched tensor
-operations.
+"""Fused CPU kernels, each one C++ call instead of many separately dispatched tensor operations:
+the GRU-family recurrence (forward and backward), the attention scorer's MLP for inference, the
+auxiliary loss's MLP (forward and backward) and SparseAdam's update.
 
 Dimension letters: B batch, T history steps, H hidden width, G gates (3, or 2 for AGRU).
 
@@ -19,21 +19,25 @@ for its own rows, so the recurrence uses every thread the rest of the model does
 evaluation, serving): blocks of valid steps go through the whole MLP while they are in the
 cache. Training takes the layer's own operations, whose gradients autograd derives.
 
-The extension (``bindings.cpp``, ``recurrence.cpp`` and ``attention.cpp`` beside this file) is
-compiled with the system's C++ compiler the first time it is needed in a process and cached by
-PyTorch in its extensions folder (``TORCH_EXTENSIONS_DIR``, by default under
+:func:`fused_scorer_mlp` is a sigmoid MLP over packed rows whose first layer adds a per-row
+term, with its backward written out; the auxiliary loss scores its candidates with it.
+
+The extension (``bindings.cpp`` and the kernels' ``.cpp`` files beside this file) is compiled
+with the system's C++ compiler the first time it is needed in a process and cached by PyTorch
+in its extensions folder (``TORCH_EXTENSIONS_DIR``, by default under
 ``~/.cache/torch_extensions``); later processes load the cached build. Compiling needs a C++
 compiler, ``ninja`` and ``setuptools``.
 
 What it covers, and what happens otherwise:
 
-- CPU tensors of float32 or float64. Other devices (CUDA) and dtypes run the Python loop,
-  which dispatches the same operations to the device.
+- CPU tensors of float32 or float64. Other devices (CUDA) and dtypes run the Python loop and
+  the layers' own operations, which dispatch the same work to the device, and torch's
+  SparseAdam step.
 - If the extension cannot be built or loaded, a single warning is logged and every call runs
-  the Python loop and the attention layer's own operations. ``DIEN_DISABLE_FUSED=1`` in the
-  environment forces both.
-- float32 gates use the kernel's own exponential (relative error below 2e-7), so float32
-  results differ from the Python loop by rounding only; float64 results agree to about 1e-15.
+  those instead. ``DIEN_DISABLE_FUSED=1`` in the environment forces them.
+- float32 sigmoids and tanhs use the kernels' own exponential (relative error below 2e-7), so
+  float32 results differ from the plain operations by rounding only; float64 results agree to
+  about 1e-15.
 - First-order gradients only: differentiating the backward again raises an error.
 """
 
