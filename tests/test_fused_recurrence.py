@@ -125,19 +125,24 @@ def test_fused_matches_reference_values_and_gradients(extension, kind, lengths, 
             torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12, msg=name)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_fused_carries_the_state_over_a_padded_step_inside_a_row(extension, kind):
-    inputs, a, mask, weights, h0 = random_inputs(kind, [5, 4, 1], 5, seed=11, hole=True)
+def assert_fused_matches_reference(kind, inputs, a, mask, weights, h0, seed):
+    """Outputs, final state and every gradient of the fused recurrence against the reference."""
     attention = None if kind == "gru" else a
     got = fused.fused_recurrence(kind, inputs, attention, mask, weights, h0)
     want = reference(kind, inputs, a, mask, weights, h0)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-13)
     wrt = [inputs, a, *weights, h0]
-    got_grads = gradients(weighted_sum(*got, 3), wrt)
-    want_grads = gradients(weighted_sum(*want, 3), wrt)
-    for g, w in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    got_grads = gradients(weighted_sum(*got, seed), wrt)
+    want_grads = gradients(weighted_sum(*want, seed), wrt)
+    for name, g, w in zip(NAMES, got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_carries_the_state_over_a_padded_step_inside_a_row(extension, kind):
+    inputs, a, mask, weights, h0 = random_inputs(kind, [5, 4, 1], 5, seed=11, hole=True)
+    assert_fused_matches_reference(kind, inputs, a, mask, weights, h0, seed=3)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -179,32 +184,17 @@ def test_fused_float32_and_no_grad_agree_with_the_loop(extension, kind):
     torch.testing.assert_close(final, got[1].detach(), rtol=0, atol=0)
 
 
-@pytest.fixture
-def threads():
-    """Set torch's intra-op thread count for one test and restore it afterwards."""
-    before = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("n_threads", [1, 3])
-def test_fused_rows_shared_among_threads_match_the_reference(extension, kind, n_threads, threads):
+def test_fused_rows_shared_among_threads_match_the_reference(
+    extension, kind, n_threads, restore_torch_globals
+):
     # 53 rows make 3 shares of 16 or more rows on 3 threads, dealt round-robin by length
-    threads(n_threads)
+    torch.set_num_threads(n_threads)
     g = torch.Generator().manual_seed(4)
     lengths = torch.randint(0, 9, (53,), generator=g).tolist()
     inputs, a, mask, weights, h0 = random_inputs(kind, lengths, 8, seed=n_threads)
-    attention = None if kind == "gru" else a
-    got = fused.fused_recurrence(kind, inputs, attention, mask, weights, h0)
-    want = reference(kind, inputs, a, mask, weights, h0)
-    for g_, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g_, w, rtol=1e-12, atol=1e-13)
-    wrt = [inputs, a, *weights, h0]
-    got_grads = gradients(weighted_sum(*got, 2), wrt)
-    want_grads = gradients(weighted_sum(*want, 2), wrt)
-    for g_, w in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(g_, w, rtol=1e-10, atol=1e-12)
+    assert_fused_matches_reference(kind, inputs, a, mask, weights, h0, seed=2)
 
 
 def test_run_recurrence_takes_the_fused_path_and_the_switch_turns_it_off(extension, monkeypatch):

@@ -9,13 +9,6 @@ import torch.nn.functional as F
 import dien.layers.fused as fused
 
 
-@pytest.fixture
-def threads():
-    before = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(before)
-
-
 def reference(features, row_of, per_row, first_weight, layers):
     hidden = torch.sigmoid(F.linear(features, first_weight) + per_row[row_of])
     for i, (weight, bias) in enumerate(layers):
@@ -27,10 +20,10 @@ def reference(features, row_of, per_row, first_weight, layers):
 
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("N,widths", [(700, [7, 5]), (1, [3]), (0, [4, 3]), (600, [6, 5, 4])])
-def test_fused_scorer_mlp_matches_autograd(n_threads, N, widths, threads):
+def test_fused_scorer_mlp_matches_autograd(n_threads, N, widths, restore_torch_globals):
     if fused.load_extension() is None:
         pytest.skip("the fused kernels could not be compiled here")
-    threads(n_threads)  # 700 rows: blocks of 256 shared by two threads
+    torch.set_num_threads(n_threads)  # 700 rows: blocks of 256 shared by two threads
     g = torch.Generator().manual_seed(N)
 
     def rand(*shape):

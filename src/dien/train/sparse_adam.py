@@ -24,7 +24,9 @@ class FusedSparseAdam(torch.optim.SparseAdam):
     """``torch.optim.SparseAdam`` whose step runs one fused pass over the named rows on CPU."""
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], float] | None = None
+    ) -> float | None:
         params = [p for group in self.param_groups for p in group["params"]]
         if not all(fused_supported(p) and p.dim() == 2 for p in params):
             return super().step(closure)

@@ -258,7 +258,9 @@ def fused_scorer_mlp(
 
 class _FusedRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kind_code, inputs, w_ih, b_ih, attention, mask, w_hh, b_hh, h0):  # type: ignore
+    def forward(  # type: ignore
+        ctx, kind_code, inputs, w_ih, b_ih, attention, mask, w_hh, b_hh, h0
+    ):
         ext = load_extension()
         assert ext is not None
         outputs, final, gates, hidden_n, previous = ext.forward(

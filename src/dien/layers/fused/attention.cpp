@@ -55,32 +55,23 @@ void score_block(Block<scalar_t>& block, const Rows<scalar_t>& per_row,
   const int64_t n = block.size;
   at::Tensor previous = block.features.narrow(0, 0, n);
   const int64_t layers = static_cast<int64_t>(weights_t.size()) + 1;
-  for (int64_t l = 0; l + 1 < layers; ++l) {  // hidden layers: product, bias, sigmoid
+  // the first layer's bias is the row's own term; a later layer's is shared by all rows
+  auto bias_of_layer = [&](int64_t l) {
+    const scalar_t* shared = l == 0 ? nullptr : biases[l - 1].data_ptr<scalar_t>();
+    return [&block, &per_row, shared](int64_t i) {
+      return shared == nullptr ? per_row.row(block.rows[i]) : shared;
+    };
+  };
+  for (int64_t l = 0; l + 1 < layers; ++l) {
     at::Tensor out = block.activations[l].narrow(0, 0, n);
-    at::mm_out(out, previous, l == 0 ? step_weight_t : weights_t[l - 1]);
-    const int64_t width = out.size(1);
-    scalar_t* o = out.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < n; ++i) {
-      const scalar_t* bias =
-          l == 0 ? per_row.row(block.rows[i]) : biases[l - 1].data_ptr<scalar_t>();
-      scalar_t* __restrict row = o + i * width;
-      for (int64_t j = 0; j < width; ++j) row[j] = Math<scalar_t>::sigmoid(row[j] + bias[j]);
-    }
+    sigmoid_layer<scalar_t>(out, previous, l == 0 ? step_weight_t : weights_t[l - 1],
+                            bias_of_layer(l));
     previous = out;
   }
-  // the last layer has width 1: a dot product per step (its bias is per row when it is the
-  // first layer too, i.e. the MLP has no hidden layer)
-  const int64_t width = previous.size(1);
-  const scalar_t* p = previous.data_ptr<scalar_t>();
-  const at::Tensor& last = layers == 1 ? step_weight_t : weights_t.back();  // (width, 1)
-  const scalar_t* w = last.data_ptr<scalar_t>();
-  const int64_t w_stride = last.stride(0);
-  for (int64_t i = 0; i < n; ++i) {
-    scalar_t total =
-        layers == 1 ? per_row.row(block.rows[i])[0] : biases.back().data_ptr<scalar_t>()[0];
-    for (int64_t j = 0; j < width; ++j) total += p[i * width + j] * w[j * w_stride];
-    scores[block.positions[i]] = total;
-  }
+  // the last layer has width 1 (and is the first too when the MLP has no hidden layer)
+  output_layer<scalar_t>(previous, layers == 1 ? step_weight_t : weights_t.back(),
+                         bias_of_layer(layers - 1),
+                         [&](int64_t i, scalar_t score) { scores[block.positions[i]] = score; });
   block.size = 0;
 }
 

@@ -5,8 +5,6 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
-#include <cmath>
-
 #include <vector>
 
 namespace dien_fused {

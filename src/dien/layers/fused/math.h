@@ -1,4 +1,5 @@
-// What the fused kernels share: fast float32 exponentials and the activations built on them.
+// What the fused kernels share: fast float32 exponentials, the activations built on them, and
+// the layers of the small sigmoid MLPs that score attention and the auxiliary loss.
 //
 // float32 uses its own exp (range reduction and a degree-7 polynomial, relative error below
 // 2e-7) so that the compiler vectorises loops over units; float64 uses std::exp and std::tanh.
@@ -48,5 +49,35 @@ struct Math<double> {
   static inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
   static inline double tanh(double x) { return std::tanh(x); }
 };
+
+// A hidden layer of a sigmoid MLP on a block of rows: out = sigmoid(input weight_t + bias),
+// where bias_of(i) points at row i's bias (a per-row term, or one bias shared by all rows).
+template <typename scalar_t, typename BiasOf>
+inline void sigmoid_layer(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight_t,
+                          BiasOf&& bias_of) {
+  at::mm_out(out, input, weight_t);
+  const int64_t n = out.size(0), width = out.size(1);
+  scalar_t* o = out.data_ptr<scalar_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t* __restrict bias = bias_of(i);
+    scalar_t* __restrict row = o + i * width;
+    for (int64_t j = 0; j < width; ++j) row[j] = Math<scalar_t>::sigmoid(row[j] + bias[j]);
+  }
+}
+
+// The MLP's last layer, of width 1, on a block of rows: write(i, bias_of(i)[0] + input_i . w)
+// with w the (width, 1) weight_t.
+template <typename scalar_t, typename BiasOf, typename Write>
+inline void output_layer(const at::Tensor& input, const at::Tensor& weight_t, BiasOf&& bias_of,
+                         Write&& write) {
+  const int64_t n = input.size(0), width = input.size(1), stride = weight_t.stride(0);
+  const scalar_t* in = input.data_ptr<scalar_t>();
+  const scalar_t* w = weight_t.data_ptr<scalar_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    scalar_t total = bias_of(i)[0];
+    for (int64_t j = 0; j < width; ++j) total += in[i * width + j] * w[j * stride];
+    write(i, total);
+  }
+}
 
 }  // namespace dien_fused

@@ -74,29 +74,18 @@ std::vector<at::Tensor> scorer_mlp_forward(const at::Tensor& features, const at:
         at::Tensor previous = features.narrow(0, start, n);
         for (size_t l = 0; l < hidden.size(); ++l) {
           at::Tensor out = hidden[l].narrow(0, start, n);
-          at::mm_out(out, previous, l == 0 ? first_t : weights_t[l - 1]);
           const int64_t width = out.size(1);
-          scalar_t* o = out.data_ptr<scalar_t>();
-          for (int64_t i = 0; i < n; ++i) {
-            const scalar_t* bias =
-                l == 0 ? term + rows[start + i] * width : biases[l - 1].data_ptr<scalar_t>();
-            scalar_t* __restrict row = o + i * width;
-            for (int64_t j = 0; j < width; ++j) {
-              row[j] = Math<scalar_t>::sigmoid(row[j] + bias[j]);
-            }
-          }
+          const scalar_t* shared = l == 0 ? nullptr : biases[l - 1].data_ptr<scalar_t>();
+          sigmoid_layer<scalar_t>(out, previous, l == 0 ? first_t : weights_t[l - 1],
+                                  [&](int64_t i) {
+                                    return l == 0 ? term + rows[start + i] * width : shared;
+                                  });
           previous = out;
         }
-        const scalar_t* a = previous.data_ptr<scalar_t>();
-        const scalar_t* w = weights.back().data_ptr<scalar_t>();
-        const scalar_t b = biases.back().data_ptr<scalar_t>()[0];
-        const int64_t width = previous.size(1);
+        const scalar_t* last_bias = biases.back().data_ptr<scalar_t>();
         scalar_t* out = logits.data_ptr<scalar_t>() + start;
-        for (int64_t i = 0; i < n; ++i) {
-          scalar_t total = b;
-          for (int64_t j = 0; j < width; ++j) total += a[i * width + j] * w[j];
-          out[i] = total;
-        }
+        output_layer<scalar_t>(previous, weights_t.back(), [&](int64_t) { return last_bias; },
+                               [&](int64_t i, scalar_t logit) { out[i] = logit; });
       }
     });
   });

@@ -10,6 +10,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <cmath>
+
 #include "kernels.h"
 
 namespace dien_fused {
