@@ -171,3 +171,26 @@ def test_fused_scores_take_one_history_against_many_targets_and_agree_in_float32
     torch.testing.assert_close(fast, want, rtol=1e-5, atol=1e-6)
     want_one = attention(query, keys[:1].expand(200, -1, -1), mask[:1].expand(200, -1))
     torch.testing.assert_close(one_history, want_one.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("shape", ["sorted", "one long row last"])
+def test_fused_scores_split_sorted_rows_among_threads(
+    fused_calls, restore_torch_globals, threads, shape
+):
+    """Threads take rows of equal valid-step counts, not equal row counts: a length-bucketed
+    batch is sorted by length. Every split must still score each valid step once."""
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(threads)
+    if shape == "sorted":
+        lengths = sorted(torch.randint(0, 41, (67,), generator=g).tolist())
+    else:
+        lengths = [0] * 66 + [40]
+    torch.manual_seed(1)
+    scorer = AttentionScorer(4, (6, 5)).double()
+    query, keys, mask = inputs(lengths, 4, seed=8)
+    with torch.no_grad():
+        got = scorer(query, keys, mask)
+    assert fused_calls
+    want = scorer(query.requires_grad_(), keys, mask).detach()  # the layer's own operations
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-13)

@@ -9,10 +9,10 @@
 // sigmoid. per_row, query, keys and mask may repeat one row over the batch (stride 0), as
 // serving scores one history against many targets.
 //
-// The rows are split among the threads. Each thread packs the features of up to kBlock valid
-// steps into a buffer, runs the MLP on that block with one matrix product per layer, the
-// biases and sigmoids applied while the block's activations are in the cache, and writes the
-// scores out; padded steps score 0. The same arithmetic as the layer's packed path, without
+// The rows are split among the threads into runs of about equal numbers of valid steps. Each
+// thread packs the features of up to kBlock valid steps into a buffer, runs the MLP on that
+// block with one matrix product per layer, the biases and sigmoids applied while the block's
+// activations are in the cache, and writes the scores out; padded steps score 0. The same arithmetic as the layer's packed path, without
 // the (valid steps, width) intermediate tensors that path writes to memory and reads back for
 // every operation.
 
@@ -75,6 +75,28 @@ void score_block(Block<scalar_t>& block, const Rows<scalar_t>& per_row,
   block.size = 0;
 }
 
+// Row bounds of one task per thread, each with about the same number of valid steps: a
+// length-bucketed batch holds its rows sorted by length, so equal counts of rows would give
+// the last thread the longest histories.
+std::vector<int64_t> balanced_bounds(const Rows<bool>& masks, int64_t B, int64_t T) {
+  std::vector<int64_t> steps_before(B + 1, 0);  // valid steps of the rows before each row
+  for (int64_t b = 0; b < B; ++b) {
+    const bool* m = masks.row(b);
+    steps_before[b + 1] = steps_before[b] + std::count(m, m + T, true);
+  }
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                                  B / kRowsPerTask));
+  std::vector<int64_t> bounds{0};
+  for (int64_t k = 1; k < tasks; ++k) {
+    const int64_t target = steps_before[B] * k / tasks;
+    const int64_t row = std::lower_bound(steps_before.begin(), steps_before.end(), target) -
+                        steps_before.begin();
+    bounds.push_back(std::max(bounds.back(), std::min(row, B)));
+  }
+  bounds.push_back(B);
+  return bounds;
+}
+
 }  // namespace
 
 at::Tensor attention_scores(const at::Tensor& per_row, const at::Tensor& query,
@@ -121,8 +143,11 @@ at::Tensor attention_scores(const at::Tensor& per_row, const at::Tensor& query,
     const Rows<scalar_t> key_rows = rows_of<scalar_t>(keys);
     const Rows<bool> masks = rows_of<bool>(mask);
     scalar_t* out = scores.data_ptr<scalar_t>();
-    at::parallel_for(0, B, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    const std::vector<int64_t> bounds = balanced_bounds(masks, B, T);
+    const int64_t tasks = static_cast<int64_t>(bounds.size()) - 1;
+    at::parallel_for(0, tasks, 1, [&](int64_t first_task, int64_t last_task) {
       at::NoGradGuard worker_no_grad;  // grad mode is per thread
+      const int64_t begin = bounds[first_task], end = bounds[last_task];
       Block<scalar_t> block;
       block.features = at::empty({kBlock, 2 * E}, keys.options());
       for (size_t l = 0; l < weights.size(); ++l) {
