@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from model_fixtures import VOCAB, make_batch
 
+import dien.layers.fused as fused
 from dien.layers.embedding import EmbeddingLayer, lookup
 
 
@@ -67,3 +69,67 @@ def test_sparse_lookup_has_one_gradient_row_per_distinct_id_and_plain_values_wit
     torch.testing.assert_close(grad.to_dense(), expected)
     with torch.no_grad():
         torch.testing.assert_close(lookup(table, ids), table.weight[ids])
+
+
+@pytest.fixture
+def fused_history_calls(monkeypatch):
+    """Count the calls of the fused history lookup (skip where it cannot be built)."""
+    import dien.layers.embedding as embedding_module
+
+    if fused.load_extension() is None:
+        pytest.skip("the fused kernels could not be compiled here")
+    monkeypatch.delenv(fused.DISABLE_VARIABLE, raising=False)
+    calls = []
+
+    def counting(*args):
+        calls.append(1)
+        return fused.fused_history_embeddings(*args)
+
+    monkeypatch.setattr(embedding_module, "fused_history_embeddings", counting)
+    return calls
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("lengths", [[i % 7 for i in range(50)], [1], [0, 0], []])
+def test_fused_history_lookup_matches_lookups_and_masked_sum(
+    fused_history_calls, restore_torch_globals, threads, lengths
+):
+    """Rows in any number of threads; ids at padded steps (nonzero here) are looked up but
+    not summed, as the plain lookup and masked sum do."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    layer = EmbeddingLayer(VOCAB, 3, sparse=True).double()
+    B, T = len(lengths), 8
+    g = torch.Generator().manual_seed(1)
+    items = torch.randint(0, VOCAB.items, (B, T), generator=g)
+    categories = torch.randint(0, VOCAB.categories, (B, T), generator=g)
+    mask = torch.arange(T)[None, :] < torch.tensor(lengths, dtype=torch.int64)[:, None]
+    with torch.no_grad():
+        behaviours, pooled = layer.history(items, categories, mask)
+    assert fused_history_calls, "a lookup without gradients did not take the fused kernel"
+    want = torch.cat([layer.item.weight[items], layer.category.weight[categories]], dim=-1)
+    torch.testing.assert_close(behaviours, want, rtol=0, atol=0)
+    want_pooled = (want * mask[..., None]).sum(dim=1)
+    torch.testing.assert_close(pooled, want_pooled, rtol=1e-14, atol=1e-15)
+    assert pooled.shape == (B, 6) and behaviours.shape == (B, T, 6)
+
+
+def test_fused_history_lookup_with_gradients_wanted_takes_the_plain_path(fused_history_calls):
+    layer = EmbeddingLayer(VOCAB, 3, sparse=False)
+    batch = make_batch([2, 0, 3])
+    out = layer(batch)
+    assert not fused_history_calls and out.pooled.requires_grad
+    torch.testing.assert_close(out.pooled, out.behaviours.sum(dim=1))
+
+
+@pytest.mark.parametrize("table", ["item", "category"])
+@pytest.mark.parametrize("bad_id", [-1, 10_000])
+def test_fused_history_lookup_rejects_ids_outside_the_tables(fused_history_calls, table, bad_id):
+    layer = EmbeddingLayer(VOCAB, 3, sparse=True)
+    items = torch.ones(2, 4, dtype=torch.int64)
+    categories = torch.ones(2, 4, dtype=torch.int64)
+    (items if table == "item" else categories)[1, 2] = bad_id
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    with torch.no_grad(), pytest.raises(IndexError, match="out of range"):
+        layer.history(items, categories, mask)
+    assert fused_history_calls

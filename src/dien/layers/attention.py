@@ -44,13 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dien.layers.fused import fused_attention_scores, fused_inference_supported
+from dien.layers.fused import capturing_graph, fused_attention_scores, fused_inference_supported
 from dien.layers.mlp import MLP
-
-
-def capturing_graph() -> bool:
-    """True while tracing or exporting a graph, which must record plain tensor operations."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def packing_index(mask: Tensor) -> Tensor | None:
@@ -94,7 +89,7 @@ class AttentionScorer(nn.Module):
         query = query.expand(B, E)  # (B, E)
 
         later = [(m.weight, m.bias) for m in rest if isinstance(m, nn.Linear)]
-        if not capturing_graph() and fused_inference_supported(
+        if fused_inference_supported(
             keys, per_row, per_step_weight, *(t for layer in later for t in layer)
         ):
             return fused_attention_scores(per_row, query, keys, mask, per_step_weight, later)

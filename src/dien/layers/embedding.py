@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from dien.data.batch import Batch, VocabSizes
+from dien.layers.fused import fused_history_embeddings, fused_inference_supported
 
 INIT_STD = 0.05
 
@@ -30,6 +31,7 @@ class EmbeddedBatch:
     user: Tensor  # (B, D)
     target: Tensor  # (B, 2D)
     behaviours: Tensor  # (B, T, 2D), zero at padded steps
+    pooled: Tensor  # (B, 2D) sum of the behaviours at the valid steps
     negatives: Tensor | None  # (B, T, K, 2D) auxiliary-loss negatives, or None
 
 
@@ -54,6 +56,21 @@ class EmbeddingLayer(nn.Module):
         """Embed items of any shape ``(...)`` as ``(..., 2D)``: concat(item, category)."""
         return torch.cat([lookup(self.item, items), lookup(self.category, categories)], dim=-1)
 
+    def history(self, items: Tensor, categories: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The behaviour sequence ``(B, T)`` embedded ``(B, T, 2D)``, and its sum over the
+        steps where ``mask (B, T)`` is True ``(B, 2D)``.
+
+        Where no gradient is wanted on the CPU, one call of the fused kernel
+        (:func:`dien.layers.fused.fused_history_embeddings`) copies the table rows into place
+        and sums them; otherwise the lookups, their concatenation and a masked sum.
+        """
+        if fused_inference_supported(self.item.weight, self.category.weight):
+            return fused_history_embeddings(
+                self.item.weight, self.category.weight, items, categories, mask
+            )
+        behaviours = self.items(items, categories)  # (B, T, 2D)
+        return behaviours, sum_pool(behaviours, mask)  # (B, T, 2D), (B, 2D)
+
     def items_together(self, items: Sequence[Tensor], categories: Sequence[Tensor]) -> list[Tensor]:
         """Embed several item id tensors with one lookup per table, each as ``(..., 2D)``.
 
@@ -71,22 +88,26 @@ class EmbeddingLayer(nn.Module):
         ]
 
     def forward(self, batch: Batch, with_negatives: bool = False) -> EmbeddedBatch:
-        """Embed the user, the target item, the behaviour sequence and optionally negatives,
-        with one lookup per table."""
-        items = [batch.item, batch.hist_items]
-        categories = [batch.category, batch.hist_cats]
-        if with_negatives:
-            if batch.neg_items is None or batch.neg_cats is None:
-                raise ValueError("auxiliary-loss negatives requested but the batch has none")
-            items.append(batch.neg_items)
-            categories.append(batch.neg_cats)
-        target, behaviours, *negatives = self.items_together(items, categories)
-        return EmbeddedBatch(
-            user=lookup(self.user, batch.user),  # (B, D)
-            target=target,  # (B, 2D)
-            behaviours=behaviours,  # (B, T, 2D)
-            negatives=negatives[0] if negatives else None,  # (B, T, K, 2D)
-        )
+        """Embed the user, the target item, the behaviour sequence (and its sum over the valid
+        steps) and optionally negatives. With negatives, one lookup per table."""
+        mask = batch.history_mask()  # (B, T)
+        user = lookup(self.user, batch.user)  # (B, D)
+        if not with_negatives:
+            target = self.items(batch.item, batch.category)  # (B, 2D)
+            behaviours, pooled = self.history(batch.hist_items, batch.hist_cats, mask)
+            return EmbeddedBatch(user, target, behaviours, pooled, negatives=None)
+        if batch.neg_items is None or batch.neg_cats is None:
+            raise ValueError("auxiliary-loss negatives requested but the batch has none")
+        target, behaviours, negatives = self.items_together(
+            [batch.item, batch.hist_items, batch.neg_items],
+            [batch.category, batch.hist_cats, batch.neg_cats],
+        )  # (B, 2D), (B, T, 2D), (B, T, K, 2D)
+        return EmbeddedBatch(user, target, behaviours, sum_pool(behaviours, mask), negatives)
+
+
+def sum_pool(behaviours: Tensor, mask: Tensor) -> Tensor:
+    """Sum of ``behaviours (B, T, E)`` over the steps where ``mask (B, T)`` is True: ``(B, E)``."""
+    return (behaviours * mask[..., None].to(behaviours.dtype)).sum(dim=1)  # (B, E)
 
 
 def lookup(table: nn.Embedding, ids: Tensor) -> Tensor:

@@ -102,10 +102,9 @@ class CTRModel(nn.Module):
         mask = batch.history_mask()  # (B, T)
         if embedded is None:
             user = lookup(self.embedding.user, batch.user)  # (B, D)
-            behaviours = self.embedding.items(batch.hist_items, batch.hist_cats)  # (B, T, E)
+            behaviours, pooled = self.embedding.history(batch.hist_items, batch.hist_cats, mask)
         else:
-            user, behaviours = embedded.user, embedded.behaviours  # (B, D), (B, T, E)
-        pooled = (behaviours * mask[..., None].to(behaviours.dtype)).sum(dim=1)  # (B, E)
+            user, behaviours, pooled = embedded.user, embedded.behaviours, embedded.pooled
         return HistoryEncoding(user=user, behaviours=behaviours, mask=mask, pooled=pooled)
 
     def score(

@@ -1,6 +1,7 @@
 """Fused CPU kernels, each one C++ call instead of many separately dispatched tensor operations:
-the GRU-family recurrence (forward and backward), the attention scorer's MLP for inference, the
-auxiliary loss's MLP (forward and backward) and SparseAdam's update.
+the GRU-family recurrence (forward and backward), the attention scorer's MLP and the behaviour
+embeddings with their sum for inference, the auxiliary loss's MLP (forward and backward) and
+SparseAdam's update.
 
 Dimension letters: B batch, T history steps, H hidden width, G gates (3, or 2 for AGRU).
 
@@ -18,6 +19,8 @@ for its own rows, so the recurrence uses every thread the rest of the model does
 :class:`dien.layers.attention.AttentionScorer` computes, where no gradient is wanted (scoring,
 evaluation, serving): blocks of valid steps go through the whole MLP while they are in the
 cache. Training takes the layer's own operations, whose gradients autograd derives.
+:func:`fused_history_embeddings` likewise copies the behaviours' table rows into place and sums
+them in one pass where no gradient is wanted.
 
 :func:`fused_scorer_mlp` is a sigmoid MLP over packed rows whose first layer adds a per-row
 term, with its backward written out; the auxiliary loss scores its candidates with it.
@@ -64,6 +67,7 @@ SOURCES = [
         "recurrence.cpp",
         "attention.cpp",
         "scorer_mlp.cpp",
+        "embedding.cpp",
         "sparse_adam.cpp",
     )
 ]
@@ -167,12 +171,40 @@ def fused_supported(inputs: Tensor) -> bool:
     return load_extension() is not None
 
 
+def capturing_graph() -> bool:
+    """True while tracing or exporting a graph, which must record plain tensor operations."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def fused_inference_supported(*tensors: Tensor) -> bool:
     """Whether the inference-only kernels can take these tensors: no gradient is wanted of
-    any of them, and the first is one :func:`fused_supported` takes."""
+    any of them, no graph is being traced or exported, and the first is one
+    :func:`fused_supported` takes."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    return fused_supported(tensors[0])
+    return not capturing_graph() and fused_supported(tensors[0])
+
+
+def fused_history_embeddings(
+    item_weight: Tensor, category_weight: Tensor, items: Tensor, categories: Tensor, mask: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The behaviour embeddings ``(B, T, 2D)`` (``[item row | category row]`` per step) and
+    their sum over the valid steps ``(B, 2D)``, in one pass. Inference only: call when
+    :func:`fused_inference_supported` is true for the tables.
+
+    ``item_weight (items, D)``, ``category_weight (categories, D)``; ``items``,
+    ``categories`` and ``mask`` ``(B, T)``. An id outside its table raises ``IndexError``.
+    """
+    ext = load_extension()
+    assert ext is not None
+    behaviours, pooled = ext.history_embeddings(
+        item_weight.contiguous(),
+        category_weight.contiguous(),
+        items.contiguous(),
+        categories.contiguous(),
+        mask.contiguous(),
+    )
+    return behaviours, pooled
 
 
 def fused_attention_scores(

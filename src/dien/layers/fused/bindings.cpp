@@ -13,6 +13,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "sigmoid MLP with a per-row first-layer term, forward (activations and logits)");
   m.def("scorer_mlp_backward", &dien_fused::scorer_mlp_backward,
         "sigmoid MLP with a per-row first-layer term, backward");
+  m.def("history_embeddings", &dien_fused::history_embeddings,
+        "behaviour embeddings and their sum over the valid steps, inference only");
   m.def("sparse_adam_step", &dien_fused::sparse_adam_step,
         "torch.optim.SparseAdam's update of the rows a gradient names, in one pass");
 }

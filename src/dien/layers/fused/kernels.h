@@ -46,6 +46,12 @@ std::vector<at::Tensor> scorer_mlp_backward(const at::Tensor& grad_logits,
                                             const std::vector<at::Tensor>& weights,
                                             const std::vector<at::Tensor>& activations);
 
+// embedding.cpp: the behaviour embeddings and their sum over the valid steps, without gradients.
+std::vector<at::Tensor> history_embeddings(const at::Tensor& item_weight,
+                                           const at::Tensor& category_weight,
+                                           const at::Tensor& items, const at::Tensor& categories,
+                                           const at::Tensor& mask);
+
 // sparse_adam.cpp: torch.optim.SparseAdam's update of the rows a gradient names.
 void sparse_adam_step(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
                       const at::Tensor& rows, const at::Tensor& values, double step_size,
