@@ -4,10 +4,12 @@ Every library trains one epoch on the same generated Books-shaped data (``synthe
 the paper's sizes (embedding 18, GRU 36 where the library lets it be set, MLP 200-80, batch
 128, Adam at 0.001, auxiliary loss on for DIEN where the library has it), then scores a held-out
 split. Timing wraps only the library's training call and its scoring call (data conversion
-excluded), with ``torch.set_num_threads(2)``; ours runs three times (``--repeats``) and shows
-the median, each of theirs once (their epochs are long). The other libraries are installed into
-their own virtual environment (``--venv``) and each runs there in a subprocess through its own
-training API (``benchmarks/others``); a crash becomes a table cell, not a failed run.
+excluded), with ``torch.set_num_threads(2)``; ours trains three times (``--repeats``) and shows
+the median, each of theirs once (their epochs are long); every library scores the test split
+three times after its epoch (``--score-repeats``) and its median pass counts. The other
+libraries are installed into their own virtual environment (``--venv``) and each runs there in
+a subprocess through its own training API (``benchmarks/others``); a crash becomes a table
+cell, not a failed run.
 
     python -m benchmarks.compare                       # everything, 40,000 training samples
     python -m benchmarks.compare --samples 8000 --libs ours,deepctr_torch --models dien
@@ -170,8 +172,11 @@ def _train_and_score_ours(
             loss.backward()
             for optimizer in optimizers:
                 optimizer.step()
-    with timer("score"):
-        logits = predict_logits(model, test, torch.device("cpu"))  # (N,) in the split's order
+    logits = timer.repeat(
+        "score",
+        settings.score_repeats,
+        lambda: predict_logits(model, test, torch.device("cpu")),  # (N,) in the split's order
+    )
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
 
@@ -185,6 +190,7 @@ def run_other(
     command += ["--model", model, "--out", str(out), "--work-dir", str(work)]
     command += ["--threads", str(settings.threads)]
     command += ["--score-batch-size", str(settings.score_batch_size)]
+    command += ["--score-repeats", str(settings.score_repeats)]
     env = os.environ | {
         "PYTHONPATH": str(REPO),
         "OMP_NUM_THREADS": str(settings.threads),
@@ -267,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--score-batch-size", type=int, default=1024)
+    parser.add_argument(
+        "--score-repeats", type=int, default=3, help="Scoring passes; the median counts."
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="Seconds per library run.")
     parser.add_argument(
         "--repeats", type=int, default=3, help="Runs of ours; the median's figures are shown."
@@ -288,7 +297,11 @@ def main(argv: list[str] | None = None) -> None:
     if not data_path.exists():
         generate(spec).save(data_path)
     data = SyntheticData.load(data_path)
-    settings = Settings(threads=args.threads, score_batch_size=args.score_batch_size)
+    settings = Settings(
+        threads=args.threads,
+        score_batch_size=args.score_batch_size,
+        score_repeats=args.score_repeats,
+    )
 
     results = []
     python = ensure_venv(args.venv) if set(libs) & set(OTHERS) else None

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks package
 
 from benchmarks import flops  # noqa: E402
-from benchmarks.others.common import auc, padded  # noqa: E402
+from benchmarks.others.common import Timer, auc, padded  # noqa: E402
 from benchmarks.synthetic import (  # noqa: E402
     SyntheticData,
     SyntheticSpec,
@@ -191,3 +191,16 @@ def test_flops_at_paper_sizes() -> None:
     dien = flops.dien_flops(13.7)
     assert dien.train / 1e6 == pytest.approx(4.65, abs=0.005)
     assert dien.score / 1e6 == pytest.approx(0.93, abs=0.005)
+
+
+def test_timer_repeats_a_phase_and_takes_its_median_lap(monkeypatch) -> None:
+    clock = iter([0.0, 5.0, 10.0, 11.0, 20.0, 23.0, 30.0, 37.0])  # laps of 5, 1, 3; then 7
+    monkeypatch.setattr("benchmarks.others.common.time.perf_counter", lambda: next(clock))
+    timer = Timer()
+    calls = []
+    result = timer.repeat("score", 3, lambda: calls.append(1) or len(calls))
+    with timer("train"):
+        pass
+    assert result == 3 and len(calls) == 3
+    assert timer.laps == {"score": [5.0, 1.0, 3.0], "train": [7.0]}
+    assert timer.seconds == {"score": 3.0, "train": 7.0}

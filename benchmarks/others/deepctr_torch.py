@@ -78,9 +78,11 @@ def run(data: SyntheticData, model: str, settings: Settings, timer: Timer) -> np
 
     with timer("train"):
         net.fit(train, label, batch_size=settings.batch_size, epochs=1, verbose=0)
-    with timer("score"):
-        scores = net.predict(test, batch_size=settings.score_batch_size)
-    return scores
+    return timer.repeat(
+        "score",
+        settings.score_repeats,
+        lambda: net.predict(test, batch_size=settings.score_batch_size),
+    )
 
 
 if __name__ == "__main__":

@@ -146,9 +146,7 @@ def run(data: SyntheticData, model: str, settings: Settings, timer: Timer) -> np
 
     with timer("train"):
         net.fit(train, epochs=1, validation_data=valid)
-    with timer("score"):
-        scores = net.predict(test)
-    return scores
+    return timer.repeat("score", settings.score_repeats, lambda: net.predict(test))
 
 
 if __name__ == "__main__":

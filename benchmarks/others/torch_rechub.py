@@ -91,8 +91,9 @@ def run(data: SyntheticData, model: str, settings: Settings, timer: Timer) -> np
 
     with timer("train"):
         trainer.fit(train)
-    with timer("score"):
-        scores = trainer.predict(trainer.model, test)
+    scores = timer.repeat(
+        "score", settings.score_repeats, lambda: trainer.predict(trainer.model, test)
+    )
     return np.asarray(scores)
 
 
