@@ -68,11 +68,14 @@ SOURCES = [
         "attention.cpp",
         "scorer_mlp.cpp",
         "embedding.cpp",
+        "gemm.cpp",
         "sparse_adam.cpp",
     )
 ]
 KIND_CODES = {"gru": 0, "agru": 1, "augru_paper": 2, "augru_authors": 3}
 DISABLE_VARIABLE = "DIEN_DISABLE_FUSED"
+ONEDNN_VARIABLE = "DIEN_ONEDNN"
+ONEDNN_MARGIN = 0.8  # oneDNN takes the large products if it needs under this share of MKL's time
 
 _lock = threading.Lock()
 _extension: ModuleType | None = None
@@ -151,7 +154,9 @@ def load_extension() -> ModuleType | None:
                     extra_ldflags=_openmp_flags(),
                     verbose=False,
                 )
+            _choose_products(_extension)
         except Exception as error:  # a missing compiler, ninja or header: anything goes
+            _extension = None
             _failed = True
             logger.warning(
                 "the fused kernels could not be compiled (%s: %s); the GRU family runs "
@@ -160,6 +165,37 @@ def load_extension() -> ModuleType | None:
                 str(error).strip().splitlines()[-1] if str(error).strip() else "",
             )
     return _extension
+
+
+def _choose_products(ext: ModuleType) -> None:
+    """Put the kernels' large float32 matrix products on oneDNN where it beats MKL here.
+
+    torch sends float32 products to MKL, which runs its AVX2 kernels on AMD processors even
+    where they have AVX-512; the oneDNN inside torch uses AVX-512 wherever it exists. The two
+    are timed once per process, one thread each, on the recurrence's typical product (512 rows
+    of 36 by 36 x 108); ``DIEN_ONEDNN=1`` or ``0`` skips the timing and forces the choice.
+    """
+    if not ext.onednn_available():
+        return
+    forced = os.environ.get(ONEDNN_VARIABLE, "")
+    if forced in ("0", "1"):
+        ext.set_onednn(forced == "1")
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rounds = [ext.time_products(512, 36, 108, 50) for _ in range(3)]
+    finally:
+        torch.set_num_threads(threads)
+    mkl, onednn = (min(r[i] for r in rounds) for i in (0, 1))
+    ext.set_onednn(onednn < ONEDNN_MARGIN * mkl)
+    logger.debug("kernel products: MKL %.0f us, oneDNN %.0f us", mkl / 50e-6, onednn / 50e-6)
+
+
+def products_on_onednn() -> bool:
+    """Whether the kernels' large float32 matrix products run on oneDNN (else on MKL)."""
+    ext = load_extension()
+    return ext is not None and ext.onednn_enabled()
 
 
 def fused_supported(inputs: Tensor) -> bool:

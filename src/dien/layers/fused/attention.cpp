@@ -24,7 +24,7 @@
 namespace dien_fused {
 namespace {
 
-constexpr int64_t kBlock = 128;  // valid steps scored together
+constexpr int64_t kBlock = 512;  // valid steps scored together
 constexpr int64_t kRowsPerTask = 16;
 
 // A row-broadcastable (B, ...) tensor: the row stride is 0 where one row stands for all.
@@ -53,7 +53,7 @@ void score_block(Block<scalar_t>& block, const Rows<scalar_t>& per_row,
                  const at::Tensor& step_weight_t, const std::vector<at::Tensor>& weights_t,
                  const std::vector<at::Tensor>& biases, scalar_t* scores) {
   const int64_t n = block.size;
-  at::Tensor previous = block.features.narrow(0, 0, n);
+  at::Tensor previous = block.features;
   const int64_t layers = static_cast<int64_t>(weights_t.size()) + 1;
   // the first layer's bias is the row's own term; a later layer's is shared by all rows
   auto bias_of_layer = [&](int64_t l) {
@@ -63,13 +63,12 @@ void score_block(Block<scalar_t>& block, const Rows<scalar_t>& per_row,
     };
   };
   for (int64_t l = 0; l + 1 < layers; ++l) {
-    at::Tensor out = block.activations[l].narrow(0, 0, n);
-    sigmoid_layer<scalar_t>(out, previous, l == 0 ? step_weight_t : weights_t[l - 1],
-                            bias_of_layer(l));
-    previous = out;
+    sigmoid_layer<scalar_t>(block.activations[l], previous,
+                            l == 0 ? step_weight_t : weights_t[l - 1], n, bias_of_layer(l));
+    previous = block.activations[l];
   }
   // the last layer has width 1 (and is the first too when the MLP has no hidden layer)
-  output_layer<scalar_t>(previous, layers == 1 ? step_weight_t : weights_t.back(),
+  output_layer<scalar_t>(previous.narrow(0, 0, n), layers == 1 ? step_weight_t : weights_t.back(),
                          bias_of_layer(layers - 1),
                          [&](int64_t i, scalar_t score) { scores[block.positions[i]] = score; });
   block.size = 0;
@@ -149,10 +148,11 @@ at::Tensor attention_scores(const at::Tensor& per_row, const at::Tensor& query,
       at::NoGradGuard worker_no_grad;  // grad mode is per thread
       const int64_t begin = bounds[first_task], end = bounds[last_task];
       Block<scalar_t> block;
-      block.features = at::empty({kBlock, 2 * E}, keys.options());
+      // zeros: a product may run over the rows past a block's last (matmul_rows)
+      block.features = at::zeros({kBlock, 2 * E}, keys.options());
       for (size_t l = 0; l < weights.size(); ++l) {
         const int64_t w = l == 0 ? step_weight.size(0) : weights[l - 1].size(0);
-        block.activations.push_back(at::empty({kBlock, w}, keys.options()));
+        block.activations.push_back(at::zeros({kBlock, w}, keys.options()));
       }
       block.rows.resize(kBlock);
       block.positions.resize(kBlock);

@@ -14,6 +14,8 @@
 #include <cstring>
 #include <vector>
 
+#include "gemm.h"
+
 namespace dien_fused {
 
 inline float exp_approx(float x) {
@@ -50,13 +52,14 @@ struct Math<double> {
   static inline double tanh(double x) { return std::tanh(x); }
 };
 
-// A hidden layer of a sigmoid MLP on a block of rows: out = sigmoid(input weight_t + bias),
-// where bias_of(i) points at row i's bias (a per-row term, or one bias shared by all rows).
+// A hidden layer of a sigmoid MLP on the first n rows of a block: out = sigmoid(input weight_t
+// + bias), where bias_of(i) points at row i's bias (a per-row term, or one bias shared by all
+// rows). The product may run over more rows of the buffers (matmul_rows).
 template <typename scalar_t, typename BiasOf>
-inline void sigmoid_layer(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight_t,
-                          BiasOf&& bias_of) {
-  at::mm_out(out, input, weight_t);
-  const int64_t n = out.size(0), width = out.size(1);
+inline void sigmoid_layer(const at::Tensor& out, const at::Tensor& input,
+                          const at::Tensor& weight_t, int64_t n, BiasOf&& bias_of) {
+  matmul_rows(out, input, weight_t, n);
+  const int64_t width = out.size(1);
   scalar_t* o = out.data_ptr<scalar_t>();
   for (int64_t i = 0; i < n; ++i) {
     const scalar_t* __restrict bias = bias_of(i);

@@ -220,7 +220,8 @@ void forward_share(const RowShare& share, const at::Tensor& inputs, const at::Te
   at::Tensor state = at::empty({n_rows, H}, options);  // the share's rows, in order
   scalar_t* hs = state.data_ptr<scalar_t>();
   gather_rows(h.data_ptr<scalar_t>(), share.rows, H, hs);
-  at::Tensor step_inputs = at::empty({n_rows, I}, options);  // this step's inputs, in order
+  // this step's inputs, in order; zeros: a product may run over the rows past the step's last
+  at::Tensor step_inputs = at::zeros({n_rows, I}, options);
   scalar_t* xs = step_inputs.data_ptr<scalar_t>();
   at::Tensor xp = at::empty({n_rows, GH}, options);  // input projections without bias
   at::Tensor hp = at::empty({n_rows, GH}, options);  // hidden projections without bias
@@ -232,10 +233,8 @@ void forward_share(const RowShare& share, const at::Tensor& inputs, const at::Te
     const int64_t n = share.counts[t];
     if (n > 0) {
       for (int64_t i = 0; i < n; ++i) std::copy_n(in + (share.rows[i] * T + t) * I, I, xs + i * I);
-      at::Tensor xp_n = xp.narrow(0, 0, n);
-      at::Tensor hp_n = hp.narrow(0, 0, n);
-      at::mm_out(xp_n, step_inputs.narrow(0, 0, n), w_ih_t);
-      at::mm_out(hp_n, state.narrow(0, 0, n), w_hh_t);
+      matmul_rows(xp, step_inputs, w_ih_t, n);
+      matmul_rows(hp, state, w_hh_t, n);
     }
     for (int64_t i = 0; i < n_rows; ++i) {
       const int64_t row = share.rows[i] * T + t;

@@ -76,7 +76,7 @@ std::vector<at::Tensor> scorer_mlp_forward(const at::Tensor& features, const at:
           at::Tensor out = hidden[l].narrow(0, start, n);
           const int64_t width = out.size(1);
           const scalar_t* shared = l == 0 ? nullptr : biases[l - 1].data_ptr<scalar_t>();
-          sigmoid_layer<scalar_t>(out, previous, l == 0 ? first_t : weights_t[l - 1],
+          sigmoid_layer<scalar_t>(out, previous, l == 0 ? first_t : weights_t[l - 1], n,
                                   [&](int64_t i) {
                                     return l == 0 ? term + rows[start + i] * width : shared;
                                   });
