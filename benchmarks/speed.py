@@ -12,7 +12,10 @@ loop over steps, the attention layer's own operations, torch's SparseAdam step) 
    SparseAdam on the embeddings and Adam on the rest, as ``dien.train.loop``'s
    ``build_optimizers``): DIEN with the auxiliary loss and DIN;
 3. scoring the test split in eval mode, batches of 1,024 in the split's order (as
-   ``dien evaluate`` reads a split), and the same samples in length-bucketed batches.
+   ``dien evaluate`` reads a split), and the same samples in length-bucketed batches;
+4. the kernels' float32 matrix products on MKL against oneDNN (``dien.layers.fused`` takes
+   oneDNN's on AMD processors with AVX-512): typical products alone on one thread, and DIEN
+   scoring with each.
 
 Training batches are bucketed by length, as the training loop does by default. Batches are
 made before timing, so the figures are model and optimizer time only. Both variants run in the
@@ -180,6 +183,59 @@ def model_rates(
     return rates
 
 
+PRODUCTS = {  # the kernels' typical float32 products: (rows, inner, outer)
+    "recurrence step, 512 rows": (512, 36, 108),
+    "attention block, 512 steps": (512, 72, 80),
+}
+
+
+def product_lines(
+    name: str, test: list[Batch], vocab: VocabSizes, rounds: int, threads: int
+) -> list[str]:
+    """The kernels' matrix products on MKL and on oneDNN: each typical product alone on one
+    thread, then scoring ``name`` on ``test`` with the products on each, alternating rounds."""
+    ext = fused.load_extension()
+    assert ext is not None
+    if not ext.onednn_available():
+        return ["products: this torch has no oneDNN matrix product; all run on MKL"]
+    chosen = ext.onednn_enabled()
+    lines = [f"products on {'oneDNN' if chosen else 'MKL'} here (dien.layers.fused's choice)"]
+    torch.set_num_threads(1)
+    for label, (rows, inner, outer) in PRODUCTS.items():
+        mkl, onednn = (
+            min(t)
+            for t in zip(
+                *(ext.time_products(rows, inner, outer, 200) for _ in range(3)), strict=True
+            )
+        )
+        lines.append(
+            f"{label} ({rows}x{inner} @ {inner}x{outer}), 1 thread: MKL {mkl / 200e-6:.1f} us, "
+            f"oneDNN {onednn / 200e-6:.1f} us, {mkl / onednn:.2f}x"
+        )
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name), vocab).eval()
+
+    def scoring(onednn: bool) -> Callable[[Batch], None]:
+        def score(batch: Batch) -> None:
+            ext.set_onednn(onednn)
+            with torch.inference_mode():
+                model(batch)
+
+        return score
+
+    try:
+        rates = compare({"MKL": scoring(False), "oneDNN": scoring(True)}, test, rounds)
+    finally:
+        ext.set_onednn(chosen)
+    mkl, onednn = rates["MKL"].wall, rates["oneDNN"].wall
+    lines.append(
+        f"{name.upper()} score, bucketed, {threads} threads: MKL {mkl:,.0f}, oneDNN "
+        f"{onednn:,.0f} samples/s, {onednn / mkl:.2f}x"
+    )
+    return lines
+
+
 def line(label: str, rates: dict[str, Rate]) -> str:
     loop, fast = rates["loop"], rates["fused"]
     return (
@@ -238,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         print(line(f"{label} train step", training))
         print(line(f"{label} score", scoring))
         print(line(f"{label} score, bucketed", bucketed))
+    print()
+    print("\n".join(product_lines("dien", bucketed_test, vocab, args.rounds, args.threads)))
 
 
 if __name__ == "__main__":

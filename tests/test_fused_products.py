@@ -69,35 +69,34 @@ def test_attention_on_onednn_matches_mkl_and_the_layers_own_operations(
 
 
 class FakeExtension:
-    """Stands in for the extension in the choice of products: fixed timings, recorded choice."""
+    """Stands in for the extension in the choice of products and records the choice."""
 
-    def __init__(self, mkl_seconds, onednn_seconds):
-        self.seconds = [mkl_seconds, onednn_seconds]
+    def __init__(self):
         self.chosen = None
 
     def onednn_available(self):
         return True
-
-    def time_products(self, rows, k, n, reps):
-        return self.seconds
 
     def set_onednn(self, on):
         self.chosen = on
 
 
 @pytest.mark.parametrize(
-    "mkl,onednn,forced,chosen",
+    "capability,vendor,forced,chosen",
     [
-        (1.0, 0.5, "", True),  # oneDNN twice as fast: taken
-        (1.0, 0.9, "", False),  # within the margin: MKL stays
-        (1.0, 0.5, "0", False),  # forced off without timing
-        (1.0, 2.0, "1", True),  # forced on without timing
+        ("AVX512", "AuthenticAMD", "", True),  # MKL would run its AVX2 kernels
+        ("AVX512", "GenuineIntel", "", False),  # MKL runs AVX-512 itself
+        ("AVX2", "AuthenticAMD", "", False),  # nothing for oneDNN to add
+        ("AVX512", "AuthenticAMD", "0", False),  # forced off
+        ("AVX2", "GenuineIntel", "1", True),  # forced on
     ],
 )
-def test_products_go_to_onednn_when_clearly_faster_or_forced(
-    monkeypatch, restore_torch_globals, mkl, onednn, forced, chosen
+def test_products_go_to_onednn_on_amd_processors_with_avx512_or_when_forced(
+    monkeypatch, capability, vendor, forced, chosen
 ):
     monkeypatch.setenv(fused.ONEDNN_VARIABLE, forced)
-    ext = FakeExtension(mkl, onednn)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(fused, "cpu_vendor", lambda: vendor)
+    ext = FakeExtension()
     fused._choose_products(ext)
     assert ext.chosen is chosen

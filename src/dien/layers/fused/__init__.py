@@ -75,7 +75,6 @@ SOURCES = [
 KIND_CODES = {"gru": 0, "agru": 1, "augru_paper": 2, "augru_authors": 3}
 DISABLE_VARIABLE = "DIEN_DISABLE_FUSED"
 ONEDNN_VARIABLE = "DIEN_ONEDNN"
-ONEDNN_MARGIN = 0.8  # oneDNN takes the large products if it needs under this share of MKL's time
 
 _lock = threading.Lock()
 _extension: ModuleType | None = None
@@ -168,12 +167,14 @@ def load_extension() -> ModuleType | None:
 
 
 def _choose_products(ext: ModuleType) -> None:
-    """Put the kernels' large float32 matrix products on oneDNN where it beats MKL here.
+    """Put the kernels' large float32 matrix products on oneDNN where it beats MKL.
 
-    torch sends float32 products to MKL, which runs its AVX2 kernels on AMD processors even
-    where they have AVX-512; the oneDNN inside torch uses AVX-512 wherever it exists. The two
-    are timed once per process, one thread each, on the recurrence's typical product (512 rows
-    of 36 by 36 x 108); ``DIEN_ONEDNN=1`` or ``0`` skips the timing and forces the choice.
+    torch sends float32 products to MKL, whose kernels on AMD processors are its AVX2 ones
+    even where the processor has AVX-512 (Zen 4 and 5); the oneDNN inside torch uses AVX-512
+    on any processor that has it. So oneDNN takes them on AMD processors with AVX-512 (there
+    1.5x faster on the recurrence's 512-row product, ``benchmarks/speed.py`` prints both), MKL
+    everywhere else. The rule reads the processor, not a timing, so that a run gives the same
+    numbers every time on one machine. ``DIEN_ONEDNN=1`` or ``0`` forces the choice.
     """
     if not ext.onednn_available():
         return
@@ -181,15 +182,20 @@ def _choose_products(ext: ModuleType) -> None:
     if forced in ("0", "1"):
         ext.set_onednn(forced == "1")
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+    ext.set_onednn(avx512 and cpu_vendor() == "AuthenticAMD")
+
+
+def cpu_vendor() -> str:
+    """The x86 vendor string of /proc/cpuinfo (``GenuineIntel``, ``AuthenticAMD``), else ''."""
     try:
-        rounds = [ext.time_products(512, 36, 108, 50) for _ in range(3)]
-    finally:
-        torch.set_num_threads(threads)
-    mkl, onednn = (min(r[i] for r in rounds) for i in (0, 1))
-    ext.set_onednn(onednn < ONEDNN_MARGIN * mkl)
-    logger.debug("kernel products: MKL %.0f us, oneDNN %.0f us", mkl / 50e-6, onednn / 50e-6)
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def products_on_onednn() -> bool:
