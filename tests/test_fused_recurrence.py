@@ -260,3 +260,43 @@ def test_the_ninja_package_comes_first_on_path_while_the_extension_loads(monkeyp
     with fused._our_ninja_first():
         assert os.environ["PATH"].split(os.pathsep) == [ninja.BIN_DIR, "/somewhere/else"]
     assert os.environ["PATH"] == "/somewhere/else"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_final_state_alone_matches_and_its_gradients_match_the_reference(extension, kind):
+    """all_outputs=False writes no (B, T, H) states; the final state and its gradients are
+    those of the full recurrence."""
+    lengths, T = [0, 3, 6, 1, 6], 6
+    inputs, a, mask, weights, h0 = random_inputs(kind, lengths, T, seed=7)
+    attention = None if kind == "gru" else a
+    args = (kind, inputs, attention, mask, weights, h0)
+    outputs, final = fused.fused_recurrence(*args, all_outputs=False)
+    assert outputs is None
+    want = reference(kind, inputs, a, mask, weights, h0)
+    torch.testing.assert_close(final, want[1], rtol=1e-12, atol=1e-13)
+    wrt = [inputs, a, *weights, h0] if kind != "gru" else [inputs, *weights, h0]
+    R = torch.randn(final.shape, generator=torch.Generator().manual_seed(3), dtype=final.dtype)
+    got_grads = gradients((final * R).sum(), wrt)
+    want_grads = gradients((want[1] * R).sum(), wrt)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        none, final_no_grad = fused.fused_recurrence(*args, all_outputs=False)
+    assert none is None
+    torch.testing.assert_close(final_no_grad, final.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", ["gru", "aigru", "agru", "augru"])
+@pytest.mark.parametrize("fused_on", [True, False])
+@pytest.mark.parametrize("T", [5, 0])
+def test_layer_final_state_equals_the_last_of_forward(extension, monkeypatch, cell, fused_on, T):
+    monkeypatch.setenv(fused.DISABLE_VARIABLE, "0" if fused_on else "1")
+    torch.manual_seed(1)
+    layer = RecurrentLayer(3, H, cell).double()
+    x = torch.randn(4, T, 3, dtype=torch.float64)
+    a = torch.rand(4, T, dtype=torch.float64)
+    mask = torch.arange(T)[None, :] < torch.tensor([5, 0, 2, 4])[:, None]
+    attention = None if cell == "gru" else a
+    torch.testing.assert_close(
+        layer.final_state(x, mask, attention), layer(x, mask, attention)[1], rtol=0, atol=0
+    )

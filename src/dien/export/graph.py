@@ -104,6 +104,10 @@ class ScriptedRecurrentLayer(nn.Module):
         self.weight_ih, self.weight_hh = weight_ih, weight_hh
         self.bias_ih, self.bias_hh = bias_ih, bias_hh
 
+    def final_state(self, inputs: Tensor, mask: Tensor, attention: Tensor | None = None) -> Tensor:
+        """The final state ``(B, H)`` alone, as :meth:`RecurrentLayer.final_state`."""
+        return self(inputs, mask, attention)[1]
+
     def forward(
         self, inputs: Tensor, mask: Tensor, attention: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:

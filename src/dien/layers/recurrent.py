@@ -96,6 +96,23 @@ def run_recurrence(
     return run_recurrence_loop(kind, inputs, attention, mask, weights, h0)
 
 
+def recurrence_final_state(
+    kind: RecurrenceKind,
+    inputs: Tensor,
+    attention: Tensor | None,
+    mask: Tensor,
+    weights: Weights,
+    h0: Tensor | None = None,
+) -> Tensor:
+    """The final state ``(B, H)`` of :func:`run_recurrence`, the same arguments. Where the
+    fused recurrence runs, the ``(B, T, H)`` hidden states are never written to memory."""
+    if kind not in RECURRENCE_KINDS:
+        raise ValueError(f"unknown recurrence kind {kind!r}")
+    if fused_supported(inputs):
+        return fused_recurrence(kind, inputs, attention, mask, weights, h0, all_outputs=False)[1]
+    return run_recurrence_loop(kind, inputs, attention, mask, weights, h0)[1]
+
+
 def run_recurrence_loop(
     kind: RecurrenceKind,
     inputs: Tensor,
@@ -227,6 +244,18 @@ class RecurrentLayer(nn.Module):
         self, inputs: Tensor, mask: Tensor, attention: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """``inputs (B, T, I)``, ``mask (B, T)``, ``attention (B, T)`` -> ``(B, T, H), (B, H)``."""
+        outputs, final = self._run(inputs, mask, attention, all_outputs=True)
+        assert outputs is not None
+        return outputs, final
+
+    def final_state(self, inputs: Tensor, mask: Tensor, attention: Tensor | None = None) -> Tensor:
+        """Only the final state ``(B, H)`` of :meth:`forward`: where the fused recurrence runs,
+        the ``(B, T, H)`` hidden states are never written to memory."""
+        return self._run(inputs, mask, attention, all_outputs=False)[1]
+
+    def _run(
+        self, inputs: Tensor, mask: Tensor, attention: Tensor | None, all_outputs: bool
+    ) -> tuple[Tensor | None, Tensor]:
         B, T, _ = inputs.shape
         if self.cell != "gru" and attention is None:
             raise ValueError(f"the {self.cell} cell needs attention scores")
@@ -238,4 +267,6 @@ class RecurrentLayer(nn.Module):
             outputs, _ = self.gru(inputs)  # (B, T, H)
             outputs = outputs * mask[..., None].to(outputs.dtype)  # (B, T, H)
             return outputs, final_from_outputs(outputs, mask)
+        if not all_outputs:
+            return None, recurrence_final_state(self.kind, inputs, attention, mask, self.weights())
         return run_recurrence(self.kind, inputs, attention, mask, self.weights())

@@ -71,6 +71,6 @@ class DIEN(CTRModel):
         weights = None
         if self.attention is not None:
             weights = self.attention(target, history.interests, history.mask)  # (B, T)
-        _, final = self.evolution(history.interests, history.mask, weights)  # (B, H)
+        final = self.evolution.final_state(history.interests, history.mask, weights)  # (B, H)
         features = torch.cat([target_features(history, target), final], dim=-1)  # (B, D+3E+H)
         return self.mlp(features)[:, 0], weights  # (B,), (B, T)

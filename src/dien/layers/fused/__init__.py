@@ -339,13 +339,15 @@ def fused_scorer_mlp(
 class _FusedRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore
-        ctx, kind_code, inputs, w_ih, b_ih, attention, mask, w_hh, b_hh, h0
+        ctx, kind_code, inputs, w_ih, b_ih, attention, mask, w_hh, b_hh, h0, all_outputs
     ):
         ext = load_extension()
         assert ext is not None
         outputs, final, gates, hidden_n, previous = ext.forward(
-            kind_code, inputs, w_ih, b_ih, attention, mask, w_hh, b_hh, h0, True
+            kind_code, inputs, w_ih, b_ih, attention, mask, w_hh, b_hh, h0, True, all_outputs
         )
+        if outputs is None:  # only the final state was wanted
+            outputs = inputs.new_empty(0)
         ctx.kind_code = kind_code
         ctx.save_for_backward(inputs, w_ih, attention, mask, w_hh, gates, hidden_n, previous)
         ctx.set_materialize_grads(False)
@@ -372,7 +374,7 @@ class _FusedRecurrence(torch.autograd.Function):
             previous,
         )
         d_attention = d_attention if ctx.kind_code != KIND_CODES["gru"] else None
-        return None, d_inputs, d_w_ih, d_b_ih, d_attention, None, d_w_hh, d_b_hh, d_h0
+        return None, d_inputs, d_w_ih, d_b_ih, d_attention, None, d_w_hh, d_b_hh, d_h0, None
 
 
 def fused_recurrence(
@@ -382,11 +384,13 @@ def fused_recurrence(
     mask: Tensor,
     weights: tuple[Tensor, Tensor, Tensor, Tensor],
     h0: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
+    all_outputs: bool = True,
+) -> tuple[Tensor | None, Tensor]:
     """The arguments and results of :func:`dien.layers.recurrent.run_recurrence`.
 
     Call only when :func:`fused_supported` is true for ``inputs``. Without gradients to track
-    (inference, ``torch.no_grad``) nothing is stored for backward.
+    (inference, ``torch.no_grad``) nothing is stored for backward. With ``all_outputs=False``
+    the ``(B, T, H)`` hidden states are never written and None stands in their place.
     """
     B, T, _ = inputs.shape
     weight_ih, weight_hh, bias_ih, bias_hh = weights
@@ -396,7 +400,7 @@ def fused_recurrence(
         raise ValueError(f"the {kind} cell needs attention scores")
     h = inputs.new_zeros(B, H) if h0 is None else h0  # (B, H)
     if T == 0:
-        return inputs.new_zeros(B, 0, H), h  # (B, 0, H), (B, H)
+        return (inputs.new_zeros(B, 0, H) if all_outputs else None), h  # (B, 0, H), (B, H)
     a = inputs.new_empty(0) if code == KIND_CODES["gru"] else attention.contiguous()  # (B, T)
     args = (
         inputs.contiguous(),  # (B, T, I)
@@ -410,6 +414,7 @@ def fused_recurrence(
     )
     tracked = torch.is_grad_enabled() and any(t.requires_grad for t in args)
     if not tracked:
-        outputs, final = load_extension().forward(code, *args, False)  # (B, T, H), (B, H)
-        return outputs, final
-    return _FusedRecurrence.apply(code, *args)
+        outputs, final = load_extension().forward(code, *args, False, all_outputs)
+        return outputs, final  # (B, T, H) or None, (B, H)
+    outputs, final = _FusedRecurrence.apply(code, *args, all_outputs)
+    return (outputs if all_outputs else None), final

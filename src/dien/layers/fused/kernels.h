@@ -15,7 +15,7 @@ std::vector<at::Tensor> recurrence_forward(int64_t kind, const at::Tensor& input
                                            const at::Tensor& attention, const at::Tensor& mask,
                                            const at::Tensor& weight_hh,
                                            const at::Tensor& bias_hh, const at::Tensor& h0,
-                                           bool save);
+                                           bool save, bool all_outputs);
 
 std::vector<at::Tensor> recurrence_backward(int64_t kind, const at::Tensor& grad_outputs,
                                             const at::Tensor& grad_final,

@@ -212,7 +212,10 @@ void forward_share(const RowShare& share, const at::Tensor& inputs, const at::Te
   const scalar_t* bi = bias_ih.data_ptr<scalar_t>();
   const scalar_t* bh = bias_hh.data_ptr<scalar_t>();
   const bool* m = mask.data_ptr<bool>();
-  scalar_t* out = outputs.data_ptr<scalar_t>();
+  // without outputs, each row's new state is written to a scratch row that stays in the cache
+  const bool all_outputs = outputs.defined();
+  at::Tensor scratch = all_outputs ? at::Tensor() : at::empty({n_rows, H}, inputs.options());
+  scalar_t* out = all_outputs ? outputs.data_ptr<scalar_t>() : scratch.data_ptr<scalar_t>();
   scalar_t* gs = SAVE ? gates.data_ptr<scalar_t>() : nullptr;
   scalar_t* hns = SAVE ? hidden_n.data_ptr<scalar_t>() : nullptr;
   scalar_t* prev = SAVE ? previous.data_ptr<scalar_t>() : nullptr;
@@ -239,7 +242,7 @@ void forward_share(const RowShare& share, const at::Tensor& inputs, const at::Te
     for (int64_t i = 0; i < n_rows; ++i) {
       const int64_t row = share.rows[i] * T + t;
       if (i >= n || !m[row]) {
-        std::fill(out + row * H, out + (row + 1) * H, scalar_t(0));
+        if (all_outputs) std::fill(out + row * H, out + (row + 1) * H, scalar_t(0));
         if constexpr (SAVE) std::fill(prev + row * H, prev + (row + 1) * H, scalar_t(0));
         continue;
       }
@@ -247,8 +250,9 @@ void forward_share(const RowShare& share, const at::Tensor& inputs, const at::Te
       scalar_t* g = SAVE ? gs + row * GH : nullptr;
       scalar_t* hn_row = SAVE ? hns + row * H : nullptr;
       scalar_t* prev_row = SAVE ? prev + row * H : nullptr;
+      scalar_t* out_row = all_outputs ? out + row * H : out + i * H;
       forward_row<KIND, scalar_t, SAVE>(H, xps + i * GH, hps + i * GH, bi, bh, a, hs + i * H,
-                                        out + row * H, g, hn_row, prev_row);
+                                        out_row, g, hn_row, prev_row);
     }
   }
   scatter_rows(hs, share.rows, H, h.data_ptr<scalar_t>());
@@ -359,14 +363,15 @@ void check_inputs(int64_t kind, const at::Tensor& inputs, const at::Tensor& weig
 
 }  // namespace
 
-// Returns outputs (B, T, H), final (B, H) and, with save, what backward needs:
-// gates (B, T, G*H), the candidate's hidden projection (B, T, H) and previous states (B, T, H).
+// Returns outputs (B, T, H) (undefined without all_outputs: only the final state is wanted),
+// final (B, H) and, with save, what backward needs: gates (B, T, G*H), the candidate's hidden
+// projection (B, T, H) and previous states (B, T, H).
 std::vector<at::Tensor> recurrence_forward(int64_t kind, const at::Tensor& inputs,
                                            const at::Tensor& weight_ih, const at::Tensor& bias_ih,
                                            const at::Tensor& attention, const at::Tensor& mask,
                                            const at::Tensor& weight_hh,
                                            const at::Tensor& bias_hh, const at::Tensor& h0,
-                                           bool save) {
+                                           bool save, bool all_outputs) {
   check_inputs(kind, inputs, weight_ih, bias_ih, attention, mask, weight_hh, bias_hh, h0);
   at::NoGradGuard no_grad;
   const int64_t B = inputs.size(0), T = inputs.size(1), H = weight_hh.size(1);
@@ -375,7 +380,7 @@ std::vector<at::Tensor> recurrence_forward(int64_t kind, const at::Tensor& input
   at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);  // becomes the final state
   // every position is written: computed at valid steps, zero at padding (gates and
   // hidden_n are read at valid steps only)
-  at::Tensor outputs = at::empty({B, T, H}, inputs.options());
+  at::Tensor outputs = all_outputs ? at::empty({B, T, H}, inputs.options()) : at::Tensor();
   at::Tensor gates, hidden_n, previous;
   if (save) {
     gates = at::empty({B, T, GH}, inputs.options());
