@@ -13,7 +13,9 @@
 
 #include "gemm.h"
 
+#ifndef _WIN32
 #include <dlfcn.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -26,12 +28,16 @@ using MkldnnMatmul = void (*)(const at::Tensor&, const at::Tensor&, const at::Te
                               float);
 
 MkldnnMatmul find_mkldnn_matmul() {
+#ifdef _WIN32
+  return nullptr;  // not looked for on Windows: every product stays on MKL
+#else
   void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
   if (torch_cpu == nullptr) return nullptr;
   // at::native::mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tensor& result,
   // float beta, float alpha): result = alpha mat1 mat2 + beta result
   void* symbol = dlsym(torch_cpu, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff");
   return reinterpret_cast<MkldnnMatmul>(symbol);
+#endif
 }
 
 MkldnnMatmul mkldnn_matmul() {
