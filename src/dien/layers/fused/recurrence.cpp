@@ -14,7 +14,9 @@
 // few rows stay in the cache between the product and the gates. A share visits its rows in the
 // order of their last valid step, longest first, so the rows still running at step t are a
 // prefix and the products skip the finished ones (padding costs nothing). A padded step inside
-// a row (not produced by left-aligned batches, but allowed) carries the state.
+// a row (not produced by left-aligned batches, but allowed) carries the state. A caller that
+// wants only the final state (DIEN's evolution) gets no (B, T, H) outputs: each new state goes
+// to a scratch row of the share instead.
 //
 // Backward runs the steps in reverse with one matrix product per step for the gradient of the
 // previous state; the gradients of the inputs and of the weights and biases come from one
