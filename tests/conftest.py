@@ -33,3 +33,28 @@ def restore_torch_globals():
     yield
     torch.use_deterministic_algorithms(deterministic)
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def count_fused_calls(monkeypatch):
+    """``count_fused_calls(module, name)``: replace the fused kernel ``name`` that ``module``
+    imported with a wrapper that records each call; returns the list of calls. Skips where the
+    kernels cannot be built, and turns them on if the environment had them off."""
+    import dien.layers.fused as fused
+
+    if fused.load_extension() is None:
+        pytest.skip("the fused kernels could not be compiled here")
+    monkeypatch.delenv(fused.DISABLE_VARIABLE, raising=False)
+
+    def install(module, name):
+        calls = []
+        real = getattr(fused, name)
+
+        def counting(*args):
+            calls.append(1)
+            return real(*args)
+
+        monkeypatch.setattr(module, name, counting)
+        return calls
+
+    return install

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import dien.layers.fused as fused
 from dien.layers.attention import AttentionScorer, DIENAttention, DINAttention, masked_softmax
 
 
@@ -126,21 +125,11 @@ def test_packed_and_padded_scoring_agree_in_values_and_gradients(monkeypatch):
 
 
 @pytest.fixture
-def fused_calls(monkeypatch):
+def fused_calls(count_fused_calls):
     """Count the calls of the fused attention kernel (skip where it cannot be built)."""
     import dien.layers.attention as attention_module
 
-    if fused.load_extension() is None:
-        pytest.skip("the fused kernels could not be compiled here")
-    monkeypatch.delenv(fused.DISABLE_VARIABLE, raising=False)
-    calls = []
-
-    def counting(*args):
-        calls.append(1)
-        return fused.fused_attention_scores(*args)
-
-    monkeypatch.setattr(attention_module, "fused_attention_scores", counting)
-    return calls
+    return count_fused_calls(attention_module, "fused_attention_scores")
 
 
 @pytest.mark.parametrize("hidden", [(5, 3), (), (6, 5, 4)])

@@ -6,7 +6,6 @@ import pytest
 import torch
 from model_fixtures import VOCAB, make_batch
 
-import dien.layers.fused as fused
 from dien.layers.embedding import EmbeddingLayer, lookup
 
 
@@ -72,21 +71,11 @@ def test_sparse_lookup_has_one_gradient_row_per_distinct_id_and_plain_values_wit
 
 
 @pytest.fixture
-def fused_history_calls(monkeypatch):
+def fused_history_calls(count_fused_calls):
     """Count the calls of the fused history lookup (skip where it cannot be built)."""
     import dien.layers.embedding as embedding_module
 
-    if fused.load_extension() is None:
-        pytest.skip("the fused kernels could not be compiled here")
-    monkeypatch.delenv(fused.DISABLE_VARIABLE, raising=False)
-    calls = []
-
-    def counting(*args):
-        calls.append(1)
-        return fused.fused_history_embeddings(*args)
-
-    monkeypatch.setattr(embedding_module, "fused_history_embeddings", counting)
-    return calls
+    return count_fused_calls(embedding_module, "fused_history_embeddings")
 
 
 @pytest.mark.parametrize("threads", [1, 3])

@@ -96,23 +96,6 @@ def run_recurrence(
     return run_recurrence_loop(kind, inputs, attention, mask, weights, h0)
 
 
-def recurrence_final_state(
-    kind: RecurrenceKind,
-    inputs: Tensor,
-    attention: Tensor | None,
-    mask: Tensor,
-    weights: Weights,
-    h0: Tensor | None = None,
-) -> Tensor:
-    """The final state ``(B, H)`` of :func:`run_recurrence`, the same arguments. Where the
-    fused recurrence runs, the ``(B, T, H)`` hidden states are never written to memory."""
-    if kind not in RECURRENCE_KINDS:
-        raise ValueError(f"unknown recurrence kind {kind!r}")
-    if fused_supported(inputs):
-        return fused_recurrence(kind, inputs, attention, mask, weights, h0, all_outputs=False)[1]
-    return run_recurrence_loop(kind, inputs, attention, mask, weights, h0)[1]
-
-
 def run_recurrence_loop(
     kind: RecurrenceKind,
     inputs: Tensor,
@@ -267,6 +250,8 @@ class RecurrentLayer(nn.Module):
             outputs, _ = self.gru(inputs)  # (B, T, H)
             outputs = outputs * mask[..., None].to(outputs.dtype)  # (B, T, H)
             return outputs, final_from_outputs(outputs, mask)
-        if not all_outputs:
-            return None, recurrence_final_state(self.kind, inputs, attention, mask, self.weights())
+        if not all_outputs and fused_supported(inputs):  # the states are never written
+            return fused_recurrence(
+                self.kind, inputs, attention, mask, self.weights(), all_outputs=False
+            )
         return run_recurrence(self.kind, inputs, attention, mask, self.weights())

@@ -204,12 +204,6 @@ def cpu_vendor() -> str:
     return ""
 
 
-def products_on_onednn() -> bool:
-    """Whether the kernels' large float32 matrix products run on oneDNN (else on MKL)."""
-    ext = load_extension()
-    return ext is not None and ext.onednn_enabled()
-
-
 def fused_supported(inputs: Tensor) -> bool:
     """Whether :func:`fused_recurrence` can take these inputs (builds the extension if so)."""
     if fused_disabled():

@@ -13,6 +13,8 @@
 
 #include "gemm.h"
 
+#include <ATen/core/grad_mode.h>
+
 #ifndef _WIN32
 #include <dlfcn.h>
 #endif

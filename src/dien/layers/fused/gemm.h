@@ -3,7 +3,6 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/core/grad_mode.h>
 
 #include <vector>
 
@@ -22,11 +21,11 @@ bool onednn_enabled();
 // runs on oneDNN over the rows rounded up to a multiple of kOneDnnRowStep (at most the rows of
 // out and input): the caller's rows past n must then hold finite values, and out's are
 // overwritten.
+void matmul_rows(const at::Tensor& out, const at::Tensor& input, const at::Tensor& weight_t,
+                 int64_t n);
+
 // Seconds of reps products of (rows, k) by (k, n) float32 matrices on MKL, then on oneDNN, on
 // the calling thread's threads.
 std::vector<double> time_products(int64_t rows, int64_t k, int64_t n, int64_t reps);
-
-void matmul_rows(const at::Tensor& out, const at::Tensor& input, const at::Tensor& weight_t,
-                 int64_t n);
 
 }  // namespace dien_fused
